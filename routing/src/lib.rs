@@ -1,0 +1,3 @@
+//! KVM GSI routing for SynIC and devices (skeleton: see the README status table).
+
+#![deny(missing_docs)]

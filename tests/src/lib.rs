@@ -1,0 +1,1 @@
+//! End-to-end tests on real KVM (skeleton: see the README status table).
