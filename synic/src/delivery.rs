@@ -1,0 +1,165 @@
+//! One SINT's message queue and the slot-delivery step (TLFS "Delivery protocol").
+//!
+//! [`deliver_one`] moves at most one message from the queue into the slot. The caller holds the
+//! SINT's lock, so for a given (VP, SINT) there is exactly one writer of the slot at a time, and
+//! raises the returned interrupt after releasing the lock.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+
+use synic_msr::{PageRegister, Profile, Scontrol, Sint};
+use vm_memory::GuestMemory;
+
+use crate::counters::SintCounters;
+use crate::error::Error;
+use crate::message::{HvMessage, MessageFlags};
+use crate::page;
+use crate::{Mode, SintIndex};
+
+/// The lock-protected state of one (VP, SINT).
+#[derive(Debug)]
+pub(crate) struct SintState {
+    /// The SINT register as delivery sees it (userspace mode; unused in kernel mode).
+    pub(crate) sint: Sint,
+    /// Messages accepted and not yet in the slot, oldest first.
+    pub(crate) queue: VecDeque<HvMessage>,
+    /// How many messages `queue` may hold.
+    pub(crate) capacity: usize,
+    /// Statistics.
+    pub(crate) counters: SintCounters,
+}
+
+impl SintState {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            sint: Sint::RESET,
+            queue: VecDeque::with_capacity(capacity),
+            capacity,
+            counters: SintCounters::default(),
+        }
+    }
+
+    pub(crate) fn is_full(&self) -> bool {
+        self.queue.len() >= self.capacity
+    }
+}
+
+/// The SynIC page registers as the delivery paths see them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub(crate) struct PageRegs {
+    /// `SCONTROL`.
+    pub(crate) scontrol: u64,
+    /// `SIMP`.
+    pub(crate) simp: u64,
+    /// `SIEFP`.
+    pub(crate) siefp: u64,
+}
+
+/// An interrupt to raise once the SINT lock is released.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Interrupt {
+    pub(crate) vector: u8,
+    pub(crate) auto_eoi: bool,
+}
+
+/// The mode- and profile-dependent delivery rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Policy {
+    pub(crate) mode: Mode,
+    pub(crate) profile: Profile,
+}
+
+impl Policy {
+    /// TLFS: SCONTROL Enable gates delivery to the VP. KVM never looks at it.
+    pub(crate) fn synic_enabled(self, scontrol: u64) -> bool {
+        self.profile == Profile::Kvm || Scontrol(scontrol).enabled()
+    }
+
+    /// Userspace mode: the SINT register decides (masked or polling: no interrupt). Kernel
+    /// mode: the model never sees SINT registers, so it always raises and KVM drops the
+    /// interrupt of a masked SINT; vector and AutoEOI are then only informative.
+    pub(crate) fn interrupt(self, sint: Sint) -> Option<Interrupt> {
+        match self.mode {
+            Mode::Kernel => Some(Interrupt {
+                vector: 0,
+                auto_eoi: false,
+            }),
+            Mode::Userspace if sint.raises_interrupt() => Some(Interrupt {
+                vector: sint.vector(),
+                auto_eoi: sint.auto_eoi(),
+            }),
+            Mode::Userspace => None,
+        }
+    }
+
+    /// Userspace mode: a masked SINT refuses event flags (HV_STATUS_INVALID_SYNIC_STATE).
+    pub(crate) fn refuses_flags(self, sint: Sint) -> bool {
+        self.mode == Mode::Userspace && sint.masked()
+    }
+}
+
+/// What one delivery attempt did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Nothing queued.
+    Empty,
+    /// Messages stay queued: SynIC or message page disabled.
+    Held,
+    /// The slot is busy; MessagePending is set, the guest will EOM (or an ack will come).
+    Busy,
+    /// The oldest message is in the slot; raise this interrupt, if any.
+    Delivered(Option<Interrupt>),
+}
+
+/// Tries to move the oldest queued message into the slot.
+///
+/// Slot protocol (TLFS): a slot is free when its `message_type` is None. A busy slot gets
+/// MessagePending set atomically and its type re-read: the guest clears the type and then reads
+/// MessagePending, we set MessagePending and then re-read the type, so at least one side sees
+/// the other's write — either we find the slot free now, or the guest sees MessagePending and
+/// writes EOM. When more messages remain queued behind the delivered one, the delivered
+/// message carries MessagePending already (allowed by the TLFS; it saves the guest an interrupt
+/// round-trip before it EOMs).
+pub(crate) fn deliver_one<G: GuestMemory + ?Sized>(
+    mem: &G,
+    policy: Policy,
+    regs: PageRegs,
+    sint: SintIndex,
+    st: &mut SintState,
+) -> Result<Step, Error> {
+    let Some(front) = st.queue.front() else {
+        return Ok(Step::Empty);
+    };
+    if !policy.synic_enabled(regs.scontrol) {
+        return Ok(Step::Held);
+    }
+    let Some(gpa) = PageRegister(regs.simp).enabled_gpa() else {
+        return Ok(Step::Held);
+    };
+    let page = match page::resolve(mem, gpa) {
+        Ok(page) => page,
+        Err(e) => {
+            st.counters.page_errors += 1;
+            return Err(e);
+        }
+    };
+    if page.slot_type(sint, Ordering::Acquire)? != 0 {
+        if !page.set_pending(sint)? {
+            st.counters.pending_sets += 1;
+        }
+        if page.slot_type(sint, Ordering::SeqCst)? != 0 {
+            return Ok(Step::Busy);
+        }
+    }
+    let mut message = *front;
+    let more = st.queue.len() > 1;
+    message.header.message_flags = MessageFlags(if more { MessageFlags::PENDING } else { 0 });
+    message.header.reserved = [0; 2];
+    page.publish(sint, &message)?;
+    st.queue.pop_front();
+    st.counters.delivered += 1;
+    if more {
+        st.counters.pending_sets += 1;
+    }
+    Ok(Step::Delivered(policy.interrupt(st.sint)))
+}

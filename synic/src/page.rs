@@ -1,0 +1,183 @@
+//! Bounded, atomic access to one SynIC page in guest memory.
+//!
+//! A [`Page`] is resolved from a guest physical address once per operation and covers exactly
+//! 4096 bytes of one RAM region, so no access made through it can reach outside the page. Every
+//! write marks the page dirty in the guest memory's bitmap (live migration depends on it): the
+//! vm-memory `store`/`write_slice` calls do it themselves, the read-modify-write helpers here do
+//! it explicitly because vm-memory's atomic references bypass the bitmap.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+
+use vm_memory::bitmap::{BitmapSlice, BS};
+use vm_memory::{
+    AtomicInteger, Bytes, GuestAddress, GuestMemory, Permissions, VolatileMemory, VolatileSlice,
+};
+use zerocopy::IntoBytes;
+
+use crate::error::Error;
+use crate::message::{
+    flag_word, slot_offset, HvMessage, MessageFlags, FLAGS_OFFSET, MESSAGE_SIZE, PAGE_SIZE,
+    TYPE_OFFSET,
+};
+use crate::SintIndex;
+
+/// One 4 KiB SynIC page (message page or event-flags page) in guest RAM.
+pub(crate) struct Page<'a, B: BitmapSlice> {
+    slice: VolatileSlice<'a, B>,
+    gpa: u64,
+}
+
+/// Resolves the page at `gpa`. Fails when any of its 4096 bytes is outside guest RAM or the
+/// page straddles two memory regions.
+pub(crate) fn resolve<G: GuestMemory + ?Sized>(
+    mem: &G,
+    gpa: u64,
+) -> Result<Page<'_, BS<'_, G::Bitmap>>, Error> {
+    let not_ram = Error::PageNotInRam { gpa };
+    let mut slices = mem
+        .get_slices(GuestAddress(gpa), PAGE_SIZE, Permissions::ReadWrite)
+        .map_err(|_| not_ram)?;
+    match slices.next() {
+        Some(Ok(slice)) if slice.len() == PAGE_SIZE => Ok(Page { slice, gpa }),
+        _ => Err(not_ram),
+    }
+}
+
+impl<B: BitmapSlice> Page<'_, B> {
+    fn atomic<T: AtomicInteger>(&self, offset: usize) -> Result<&T, Error> {
+        // Offsets come from a SintIndex (slot and flag offsets are < 4096 and naturally
+        // aligned); an error here means the host mapping itself is misaligned.
+        self.slice
+            .get_atomic_ref::<T>(offset)
+            .map_err(|_| Error::PageNotInRam { gpa: self.gpa })
+    }
+
+    fn mark_dirty(&self, offset: usize, len: usize) {
+        self.slice.bitmap().mark_dirty(offset, len);
+    }
+
+    /// The `message_type` of `sint`'s slot.
+    pub(crate) fn slot_type(&self, sint: SintIndex, order: Ordering) -> Result<u32, Error> {
+        let ty = self.atomic::<AtomicU32>(slot_offset(sint) + TYPE_OFFSET)?;
+        Ok(ty.load(order))
+    }
+
+    /// Sets MessagePending in `sint`'s slot with one atomic read-modify-write; returns whether
+    /// it was set already. Sequentially consistent: the caller re-reads `message_type` next,
+    /// and the guest clears `message_type` before reading the flags (a store-load pair on each
+    /// side, so both need the full fence a locked instruction gives).
+    pub(crate) fn set_pending(&self, sint: SintIndex) -> Result<bool, Error> {
+        let offset = slot_offset(sint) + FLAGS_OFFSET;
+        let flags = self.atomic::<AtomicU8>(offset)?;
+        let before = flags.fetch_or(MessageFlags::PENDING, Ordering::SeqCst);
+        self.mark_dirty(offset, 1);
+        Ok(before & MessageFlags::PENDING != 0)
+    }
+
+    /// Writes `message` into `sint`'s slot: bytes 4..256 first, then `message_type` with a
+    /// release store, so a guest that sees the type also sees every other byte.
+    pub(crate) fn publish(&self, sint: SintIndex, message: &HvMessage) -> Result<(), Error> {
+        let offset = slot_offset(sint);
+        let bytes = message.as_bytes();
+        let rest = TYPE_OFFSET + 4;
+        let gpa = self.gpa;
+        self.slice
+            .write_slice(&bytes[rest..MESSAGE_SIZE], offset + rest)
+            .map_err(|_| Error::PageNotInRam { gpa })?;
+        self.slice
+            .store(
+                message.header.message_type.0,
+                offset + TYPE_OFFSET,
+                Ordering::Release,
+            )
+            .map_err(|_| Error::PageNotInRam { gpa })
+    }
+
+    /// Atomically sets event flag `flag` of `sint` (`flag < 2048`, checked by the caller);
+    /// returns whether it was set already.
+    pub(crate) fn set_flag(&self, sint: SintIndex, flag: u32) -> Result<bool, Error> {
+        let (offset, bit) = flag_word(sint, flag);
+        let word = self.atomic::<AtomicU64>(offset)?;
+        // The guest clears flags with locked bit operations on machine words; one locked OR on
+        // the same word is atomic with respect to them.
+        let before = word.fetch_or(bit.to_le(), Ordering::SeqCst);
+        self.mark_dirty(offset, 8);
+        Ok(before & bit.to_le() != 0)
+    }
+
+    /// Zeroes the whole page (KVM SynIC v1 does this on every enable-write).
+    pub(crate) fn zero(&self) -> Result<(), Error> {
+        self.slice
+            .write_slice(&[0u8; PAGE_SIZE], 0)
+            .map_err(|_| Error::PageNotInRam { gpa: self.gpa })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use vm_memory::bitmap::{AtomicBitmap, Bitmap};
+    use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+    use super::*;
+    use crate::message::MessageType;
+
+    fn memory() -> GuestMemoryMmap<AtomicBitmap> {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x4000), (GuestAddress(0x10000), 0x800)])
+            .unwrap()
+    }
+
+    fn dirty(mem: &GuestMemoryMmap<AtomicBitmap>, gpa: u64) -> bool {
+        let (region, addr) = mem.to_region_addr(GuestAddress(gpa)).unwrap();
+        region.bitmap().dirty_at(addr.0 as usize)
+    }
+
+    #[test]
+    fn page_outside_ram_is_an_error() {
+        let mem = memory();
+        assert!(matches!(
+            resolve(&mem, 0x8000),
+            Err(Error::PageNotInRam { gpa: 0x8000 })
+        ));
+        // Only 2 KiB of RAM at 0x10000: a page there is not entirely RAM.
+        assert!(resolve(&mem, 0x10000).is_err());
+        assert!(resolve(&mem, !0xFFF).is_err());
+        assert!(resolve(&mem, 0x3000).is_ok());
+    }
+
+    #[test]
+    fn publish_writes_the_slot_and_marks_it_dirty() {
+        let mem = memory();
+        let page = resolve(&mem, 0x1000).unwrap();
+        let sint = SintIndex::new(3).unwrap();
+        let m = HvMessage::new(MessageType(7), 5, &[1, 2, 3]).unwrap();
+        page.publish(sint, &m).unwrap();
+        let mut bytes = [0u8; 256];
+        mem.read_slice(&mut bytes, GuestAddress(0x1000 + 3 * 256))
+            .unwrap();
+        assert_eq!(bytes, m.as_bytes());
+        assert!(dirty(&mem, 0x1000));
+        assert!(!dirty(&mem, 0x2000));
+        assert_eq!(page.slot_type(sint, Ordering::Acquire).unwrap(), 7);
+    }
+
+    #[test]
+    fn set_pending_and_set_flag_report_the_previous_bit() {
+        let mem = memory();
+        let page = resolve(&mem, 0x2000).unwrap();
+        let sint = SintIndex::new(15).unwrap();
+        assert!(!page.set_pending(sint).unwrap());
+        assert!(page.set_pending(sint).unwrap());
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(0x2000 + 15 * 256 + 5))
+                .unwrap(),
+            1
+        );
+        assert!(dirty(&mem, 0x2000));
+
+        assert!(!page.set_flag(sint, 2047).unwrap());
+        assert!(page.set_flag(sint, 2047).unwrap());
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x2FFF)).unwrap(), 0x80);
+        page.zero().unwrap();
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x2FFF)).unwrap(), 0);
+    }
+}

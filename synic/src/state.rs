@@ -1,0 +1,234 @@
+//! Save and restore: versioned plain data out, the same data back in.
+//!
+//! A VP's state is its registers (userspace mode: every per-VP register; kernel mode: the
+//! SCONTROL/SIEFP/SIMP values the model learned from exits, since KVM saves its own) and the
+//! messages still queued per SINT. What sits in the slots and the flags pages is guest memory
+//! and travels with it. Restore into a fresh model after guest memory is in place: it retries
+//! every SINT, so delivery continues where the source stopped.
+
+use std::sync::PoisonError;
+
+use synic_msr::index::{self, SINT_COUNT};
+use synic_msr::{Change, KvmSynic, Msr, Origin, PartitionRegisters, Profile, Scope};
+use vm_memory::GuestAddressSpace;
+
+use crate::delivery::PageRegs;
+use crate::error::Error;
+use crate::message::HvMessage;
+use crate::partition::Partition;
+use crate::vp::Vp;
+use crate::{Mode, SintIndex, VpIndex};
+
+/// Version of [`VpState`] and [`PartitionState`] this build writes and reads.
+pub const STATE_VERSION: u32 = 1;
+
+/// One VP's saved state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VpState {
+    /// [`STATE_VERSION`] when written.
+    pub version: u32,
+    /// The partition's mode when saved; restore requires the same.
+    pub mode: Mode,
+    /// The partition's profile when saved; restore requires the same.
+    pub profile: Profile,
+    /// The VP index.
+    pub vp_index: u32,
+    /// KVM profile: how the SynIC was activated.
+    pub kvm_synic: Option<KvmSynic>,
+    /// `(MSR index, value)` pairs in restore order. Userspace mode: every per-VP register of
+    /// [`Msr::SAVED`] but VP_INDEX. Kernel mode: SCONTROL, SIEFP and SIMP as last reported.
+    pub registers: Vec<(u32, u64)>,
+    /// Per SINT (16 entries), the messages accepted and not yet in the slot, oldest first.
+    pub queues: Vec<Vec<HvMessage>>,
+}
+
+/// The partition-wide saved state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartitionState {
+    /// [`STATE_VERSION`] when written.
+    pub version: u32,
+    /// `GUEST_OS_ID`.
+    pub guest_os_id: u64,
+    /// `HYPERCALL`.
+    pub hypercall: u64,
+    /// The reference time (`TIME_REF_COUNT`) when saved.
+    pub reference_time: u64,
+}
+
+fn check_version(version: u32) -> Result<(), Error> {
+    if version != STATE_VERSION {
+        return Err(Error::UnsupportedStateVersion {
+            version,
+            expected: STATE_VERSION,
+        });
+    }
+    Ok(())
+}
+
+fn mismatch(what: &'static str) -> Error {
+    Error::StateMismatch { what }
+}
+
+impl<M: GuestAddressSpace> Partition<M> {
+    /// Saves the partition-wide registers and the reference time.
+    pub fn save(&self) -> PartitionState {
+        let regs = self.registers();
+        PartitionState {
+            version: STATE_VERSION,
+            guest_os_id: regs.guest_os_id(),
+            hypercall: regs.hypercall().0,
+            reference_time: self.reference_time(),
+        }
+    }
+
+    /// Restores the partition-wide registers, and makes the reference time continue from the
+    /// saved value. The hypercall page itself is guest memory and needs no refill.
+    pub fn restore(&self, state: &PartitionState) -> Result<(), Error> {
+        check_version(state.version)?;
+        let config = self.config();
+        let mut fresh =
+            PartitionRegisters::new(config.profile).with_phys_addr_bits(config.phys_addr_bits);
+        fresh
+            .write(Msr::GuestOsId, state.guest_os_id, Origin::Host)
+            .and_then(|_| fresh.write(Msr::Hypercall, state.hypercall, Origin::Host))
+            .map_err(Error::StateRegister)?;
+        *self.registers() = fresh;
+        self.set_reference_time(state.reference_time);
+        Ok(())
+    }
+
+    /// Partition reset: GUEST_OS_ID and HYPERCALL back to 0. The reference time keeps running.
+    pub fn reset(&self) {
+        self.registers().reset();
+    }
+}
+
+impl<M: GuestAddressSpace> Vp<M> {
+    /// Saves the VP: registers and queued messages. Take it with the vCPU stopped; device
+    /// threads may keep posting (a message posted after the save is not in it).
+    pub fn save(&self) -> VpState {
+        let config = *self.partition.config();
+        let shared = self.shared();
+        let all = shared.lock_all();
+        let registers = match config.mode {
+            Mode::Userspace => Msr::SAVED
+                .iter()
+                .filter(|m| m.scope() == Scope::Vp && **m != Msr::VpIndex)
+                .filter_map(|m| Some((m.index(), self.regs.read(*m, Origin::Host).ok()?)))
+                .collect(),
+            Mode::Kernel => {
+                let regs = shared.page_regs_all(&all);
+                vec![
+                    (index::SIEFP, regs.siefp),
+                    (index::SIMP, regs.simp),
+                    (index::SCONTROL, regs.scontrol),
+                ]
+            }
+        };
+        VpState {
+            version: STATE_VERSION,
+            mode: config.mode,
+            profile: config.profile,
+            vp_index: shared.index().0,
+            kvm_synic: self.regs.kvm_synic(),
+            registers,
+            queues: all
+                .guards
+                .iter()
+                .map(|st| st.queue.iter().copied().collect())
+                .collect(),
+        }
+    }
+
+    /// Restores a saved VP into this one (normally freshly created), replacing its registers
+    /// and queues, then retries delivery on every SINT. On `Err` nothing changed.
+    pub fn restore(&mut self, state: &VpState) -> Result<(), Error> {
+        check_version(state.version)?;
+        let config = *self.partition.config();
+        if state.mode != config.mode || state.profile != config.profile {
+            return Err(mismatch("mode or profile differs"));
+        }
+        if state.queues.len() != SINT_COUNT {
+            return Err(mismatch("there must be 16 queues"));
+        }
+        for queue in &state.queues {
+            if queue.len() > config.queue_capacity {
+                return Err(mismatch("a queue is longer than the queue capacity"));
+            }
+            if queue.iter().any(|m| m.validate(true).is_err()) {
+                return Err(mismatch("a queued message is invalid"));
+            }
+        }
+        // Rebuild the register file off to the side; commit only when everything passed.
+        let mut regs = synic_msr::VpRegisters::new(config.profile, state.vp_index)
+            .with_phys_addr_bits(config.phys_addr_bits);
+        if let Some(v) = state.kvm_synic {
+            regs.activate(v);
+        }
+        let page_regs = match config.mode {
+            Mode::Userspace => {
+                for &(msr_index, value) in &state.registers {
+                    let msr = Msr::from_index(msr_index)
+                        .filter(|m| m.scope() == Scope::Vp && *m != Msr::VpIndex)
+                        .ok_or(mismatch("a saved register is not a per-VP register"))?;
+                    let out = regs
+                        .write(msr, value, Origin::Host)
+                        .map_err(Error::StateRegister)?;
+                    debug_assert!(!matches!(out.change, Change::VpIndex { .. }));
+                }
+                PageRegs::of(&regs)
+            }
+            Mode::Kernel => {
+                let find = |i: u32| {
+                    state
+                        .registers
+                        .iter()
+                        .find(|(msr, _)| *msr == i)
+                        .map(|(_, v)| *v)
+                        .ok_or(mismatch("kernel mode needs SCONTROL, SIEFP and SIMP"))
+                };
+                PageRegs {
+                    scontrol: find(index::SCONTROL)?,
+                    simp: find(index::SIMP)?,
+                    siefp: find(index::SIEFP)?,
+                }
+            }
+        };
+        let partition = std::sync::Arc::clone(&self.partition);
+        let _serial = partition
+            .vp_index_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let wanted = VpIndex(state.vp_index);
+        if partition.shared(wanted).is_ok() && self.index() != wanted {
+            return Err(Error::VpIndexInUse {
+                index: state.vp_index,
+            });
+        }
+        self.regs = regs;
+        let shared = partition.vp_at(self.slot);
+        shared.set_index(state.vp_index);
+        {
+            let mut all = shared.lock_all();
+            shared.set_page_regs(&all, page_regs);
+            for ((sint, st), saved) in SintIndex::ALL
+                .into_iter()
+                .zip(all.guards.iter_mut())
+                .zip(&state.queues)
+            {
+                st.sint = self.regs.sint(sint);
+                st.queue.clear();
+                st.queue.extend(saved.iter().copied());
+            }
+        }
+        if config.mode == Mode::Userspace {
+            for sint in SintIndex::ALL {
+                partition
+                    .raise
+                    .sint_changed(shared.index(), sint, self.regs.sint(sint));
+            }
+        }
+        partition.redeliver_all(shared);
+        Ok(())
+    }
+}

@@ -1,0 +1,309 @@
+//! One VP as its vCPU thread drives it: MSR exits (userspace mode), KVM SynIC exits (kernel
+//! mode), reset.
+//!
+//! A [`Vp`] owns its register file ([`VpRegisters`]); nothing else reads or writes it, so the
+//! MSR path takes no lock for plain register accesses. What device threads also need (page
+//! registers, SINT values, queues) is pushed into the VP's shared state under its SINT locks.
+
+use std::fmt;
+use std::sync::Arc;
+
+use synic_msr::index;
+use synic_msr::{
+    Change, Gp, GpReason, KvmSynic, Msr, Origin, PageUpdate, Scope, StimerIndex, VpRegisters,
+    WriteOutcome,
+};
+use vm_memory::GuestAddressSpace;
+
+use crate::delivery::PageRegs;
+use crate::error::{Error, MsrError};
+use crate::message::HvMessage;
+use crate::page;
+use crate::partition::Partition;
+use crate::shared::VpShared;
+use crate::{Mode, SintIndex, VpIndex};
+
+/// What the VMM must do after an accepted MSR write, beyond resuming the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmmAction {
+    /// `HYPERCALL` is enabled: (re)fill the hypercall page at `gpa` with the VMM's hypercall
+    /// sequence.
+    FillHypercallPage {
+        /// The page's guest physical address.
+        gpa: u64,
+    },
+    /// `STIMERn_CONFIG` or `STIMERn_COUNT` was written: re-arm the synthetic timer from the
+    /// registers ([`Vp::registers`]). This is where synthetic timers plug in.
+    StimerChanged(StimerIndex),
+}
+
+/// An accepted MSR write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MsrWrite {
+    /// What the register model did.
+    pub outcome: WriteOutcome,
+    /// What the VMM must do, if anything.
+    pub action: Option<VmmAction>,
+}
+
+/// A `KVM_EXIT_HYPERV_SYNIC` notification: the guest wrote SCONTROL, SIEFP or SIMP of an
+/// in-kernel SynIC; the three fields are the registers' values after the write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SynicExit {
+    /// The MSR written (`HV_X64_MSR_SCONTROL`, `_SIEFP` or `_SIMP`).
+    pub msr: u32,
+    /// `SCONTROL`.
+    pub control: u64,
+    /// `SIEFP`.
+    pub evt_page: u64,
+    /// `SIMP`.
+    pub msg_page: u64,
+}
+
+/// One VP, owned by the thread that runs its vCPU.
+pub struct Vp<M: GuestAddressSpace> {
+    pub(crate) partition: Arc<Partition<M>>,
+    /// Position in the partition's VP table (the creation number).
+    pub(crate) slot: usize,
+    /// Userspace mode: the VP's SynIC/timer registers. Kernel mode: unused (KVM owns them).
+    pub(crate) regs: VpRegisters,
+}
+
+impl<M: GuestAddressSpace> fmt::Debug for Vp<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vp")
+            .field("slot", &self.slot)
+            .field("regs", &self.regs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M: GuestAddressSpace> Vp<M> {
+    pub(crate) fn new(partition: Arc<Partition<M>>, slot: usize) -> Self {
+        // Creation numbers are below MAX_VPS, so they fit a u32.
+        let regs = partition.config().fresh_registers(slot as u32);
+        Self {
+            partition,
+            slot,
+            regs,
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &VpShared {
+        self.partition.vp_at(self.slot)
+    }
+
+    /// The VP's index (the value of `VP_INDEX`).
+    pub fn index(&self) -> VpIndex {
+        self.shared().index()
+    }
+
+    /// The partition this VP belongs to (for posting, signalling, counters).
+    pub fn partition(&self) -> &Arc<Partition<M>> {
+        &self.partition
+    }
+
+    /// The register file (userspace mode). Synthetic timers read their CONFIG/COUNT here.
+    pub fn registers(&self) -> &VpRegisters {
+        &self.regs
+    }
+
+    fn user_mode(&self, index: u32) -> Result<(), MsrError> {
+        match self.partition.config().mode {
+            Mode::Userspace => Ok(()),
+            Mode::Kernel => Err(MsrError::KernelMode { index }),
+        }
+    }
+
+    /// KVM profile: activates the SynIC as `KVM_CAP_HYPERV_SYNIC[2]` does (SCONTROL becomes 1),
+    /// for a partition configured without activation at creation.
+    pub fn activate(&mut self, version: KvmSynic) {
+        self.regs.activate(version);
+        let shared = self.partition.vp_at(self.slot);
+        let all = shared.lock_all();
+        let mut regs = shared.page_regs_all(&all);
+        regs.scontrol = self.regs.scontrol().0;
+        shared.set_page_regs(&all, regs);
+    }
+
+    /// Userspace mode: a guest or host RDMSR of a Hyper-V MSR (per-VP or partition-wide).
+    pub fn rdmsr(&self, index: u32, origin: Origin) -> Result<u64, MsrError> {
+        self.user_mode(index)?;
+        let msr = Msr::from_index(index).ok_or(Gp::new(index, GpReason::UnknownMsr))?;
+        Ok(match msr.scope() {
+            Scope::Vp => self.regs.read(msr, origin)?,
+            Scope::Partition => {
+                let now = self.partition.reference_time();
+                self.partition.registers().read(msr, origin, now)?
+            }
+        })
+    }
+
+    /// Userspace mode: a guest or host WRMSR of a Hyper-V MSR. On `Err` a guest access gets
+    /// `#GP(0)` and nothing changed. On `Ok` the model has acted on the write (page moved,
+    /// queued messages retried, SINT route told) and `action` says what is left to the VMM.
+    pub fn wrmsr(&mut self, index: u32, value: u64, origin: Origin) -> Result<MsrWrite, MsrError> {
+        self.user_mode(index)?;
+        let msr = Msr::from_index(index).ok_or(Gp::new(index, GpReason::UnknownMsr))?;
+        if msr.scope() == Scope::Partition {
+            let outcome = self.partition.registers().write(msr, value, origin)?;
+            let action = match outcome.change {
+                Change::HypercallPage { new, .. } if new.enabled() => {
+                    Some(VmmAction::FillHypercallPage { gpa: new.gpa() })
+                }
+                _ => None,
+            };
+            return Ok(MsrWrite { outcome, action });
+        }
+        if msr == Msr::VpIndex {
+            return self.write_vp_index(value, origin);
+        }
+        let outcome = self.regs.write(msr, value, origin)?;
+        let action = self.apply(outcome)?;
+        Ok(MsrWrite { outcome, action })
+    }
+
+    fn write_vp_index(&mut self, value: u64, origin: Origin) -> Result<MsrWrite, MsrError> {
+        let partition = Arc::clone(&self.partition);
+        let _serial = partition
+            .vp_index_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if origin == Origin::Host {
+            if let Ok(wanted) = u32::try_from(value) {
+                if partition.shared(VpIndex(wanted)).is_ok() && self.index() != VpIndex(wanted) {
+                    return Err(MsrError::Refused {
+                        index: index::VP_INDEX,
+                        error: Error::VpIndexInUse { index: wanted },
+                    });
+                }
+            }
+        }
+        let outcome = self.regs.write(Msr::VpIndex, value, origin)?;
+        if let Change::VpIndex { new, .. } = outcome.change {
+            self.shared().set_index(new);
+        }
+        Ok(MsrWrite {
+            outcome,
+            action: None,
+        })
+    }
+
+    /// Acts on what a register write changed.
+    fn apply(&mut self, outcome: WriteOutcome) -> Result<Option<VmmAction>, MsrError> {
+        let partition = Arc::clone(&self.partition);
+        let shared = partition.vp_at(self.slot);
+        match outcome.change {
+            Change::None | Change::HypercallPage { .. } | Change::VpIndex { .. } => {}
+            Change::SynicEnable { enabled } => {
+                {
+                    let all = shared.lock_all();
+                    let mut regs = shared.page_regs_all(&all);
+                    regs.scontrol = self.regs.scontrol().0;
+                    shared.set_page_regs(&all, regs);
+                }
+                if enabled {
+                    self.partition.redeliver_all(shared);
+                }
+            }
+            Change::MessagePage(update) => {
+                self.apply_page(outcome.msr, update)?;
+                self.partition.redeliver_all(shared);
+            }
+            Change::EventFlagsPage(update) => self.apply_page(outcome.msr, update)?,
+            Change::Eom => {
+                shared.count_eom();
+                self.partition.redeliver_all(shared);
+            }
+            Change::Sint { sint, new, .. } => {
+                shared.lock(sint).sint = new;
+                // TLFS: masking does not hold messages back (they are still written, only the
+                // interrupt is lost), so there is nothing to redeliver; the route must follow.
+                self.partition.raise.sint_changed(shared.index(), sint, new);
+            }
+            Change::Stimer(timer) => return Ok(Some(VmmAction::StimerChanged(timer))),
+        }
+        Ok(None)
+    }
+
+    /// Publishes a SIMP/SIEFP write to the delivery paths. Holding all SINT locks makes the
+    /// switch atomic with respect to slot writes and flag updates: none is in flight on the
+    /// old page once this returns, and none starts on it afterwards.
+    fn apply_page(&mut self, msr: Msr, update: PageUpdate) -> Result<(), MsrError> {
+        let shared = self.partition.vp_at(self.slot);
+        let all = shared.lock_all();
+        if update.zero_page {
+            // KVM SynIC v1 zeroes the page on every enable-write; failure -> #GP, register
+            // unchanged.
+            let mem = self.partition.memory.memory();
+            if let Err(error) = page::resolve(&*mem, update.new.gpa()).and_then(|p| p.zero()) {
+                drop(all);
+                // Writing back the value the register held before cannot fail.
+                let _ = self.regs.write(msr, update.old.0, Origin::Host);
+                return Err(MsrError::Refused {
+                    index: msr.index(),
+                    error,
+                });
+            }
+        }
+        let mut regs = shared.page_regs_all(&all);
+        if msr == Msr::Simp {
+            regs.simp = update.new.0;
+        } else {
+            regs.siefp = update.new.0;
+        }
+        shared.set_page_regs(&all, regs);
+        Ok(())
+    }
+
+    /// Kernel mode: applies a `KVM_EXIT_HYPERV_SYNIC` notification (the guest wrote SCONTROL,
+    /// SIEFP or SIMP of KVM's SynIC) and retries queued messages.
+    pub fn apply_synic_exit(&mut self, exit: SynicExit) -> Result<(), Error> {
+        let mode = self.partition.config().mode;
+        if mode != Mode::Kernel {
+            return Err(Error::WrongMode { mode });
+        }
+        if !matches!(exit.msr, index::SCONTROL | index::SIEFP | index::SIMP) {
+            return Err(Error::UnexpectedSynicExit { msr: exit.msr });
+        }
+        let shared = self.partition.vp_at(self.slot);
+        {
+            let all = shared.lock_all();
+            shared.set_page_regs(
+                &all,
+                PageRegs {
+                    scontrol: exit.control,
+                    simp: exit.msg_page,
+                    siefp: exit.evt_page,
+                },
+            );
+        }
+        self.partition.redeliver_all(shared);
+        Ok(())
+    }
+
+    /// Back to power-on state (VP reset / INIT): registers reset (profile, VP index and KVM
+    /// activation kept), pages disabled, SINTs masked. Messages still queued are returned to
+    /// the caller rather than dropped silently. Counters are kept.
+    pub fn reset(&mut self) -> Vec<(SintIndex, HvMessage)> {
+        self.regs.reset();
+        let shared = self.partition.vp_at(self.slot);
+        let mut dropped = Vec::new();
+        {
+            let mut all = shared.lock_all();
+            shared.set_page_regs(&all, PageRegs::of(&self.regs));
+            for (sint, st) in SintIndex::ALL.into_iter().zip(all.guards.iter_mut()) {
+                st.sint = self.regs.sint(sint);
+                dropped.extend(st.queue.drain(..).map(|m| (sint, m)));
+            }
+        }
+        if self.partition.config().mode == Mode::Userspace {
+            for sint in SintIndex::ALL {
+                self.partition
+                    .raise
+                    .sint_changed(shared.index(), sint, self.regs.sint(sint));
+            }
+        }
+        dropped
+    }
+}
