@@ -55,6 +55,24 @@ impl PartitionRegisters {
         Hypercall(self.hypercall)
     }
 
+    /// Reads a raw MSR index: [`read`](Self::read) after classification; an unknown index ->
+    /// #GP `UnknownMsr`, a per-VP one -> #GP `WrongScope`.
+    pub fn rdmsr(&self, index: u32, origin: Origin, reference_time: u64) -> Result<u64, Gp> {
+        match Msr::from_index(index) {
+            Some(msr) => self.read(msr, origin, reference_time),
+            None => Err(Gp::new(index, GpReason::UnknownMsr)),
+        }
+    }
+
+    /// Writes a raw MSR index: [`write`](Self::write) after classification; an unknown index
+    /// -> #GP `UnknownMsr`, a per-VP one -> #GP `WrongScope`.
+    pub fn wrmsr(&mut self, index: u32, value: u64, origin: Origin) -> Result<WriteOutcome, Gp> {
+        match Msr::from_index(index) {
+            Some(msr) => self.write(msr, value, origin),
+            None => Err(Gp::new(index, GpReason::UnknownMsr)),
+        }
+    }
+
     /// Reads a partition-wide register. `reference_time` is the partition reference counter
     /// (100 ns units), returned for `TIME_REF_COUNT`.
     pub fn read(&self, msr: Msr, origin: Origin, reference_time: u64) -> Result<u64, Gp> {
@@ -96,9 +114,9 @@ impl PartitionRegisters {
             }
             Msr::Hypercall => {
                 let old = self.hypercall;
-                // The hypercall page stays disabled until the guest has identified itself;
-                // the write is accepted and discarded (as KVM and Hyper-V do).
-                if self.guest_os_id == 0 {
+                // The hypercall page stays disabled until the guest has identified itself: a
+                // guest write is accepted and discarded (as KVM and Hyper-V do).
+                if self.guest_os_id == 0 && origin == Origin::Guest {
                     return Ok(WriteOutcome {
                         msr,
                         old,
@@ -106,7 +124,7 @@ impl PartitionRegisters {
                         change: Change::None,
                     });
                 }
-                let stored = if tlfs {
+                let mut stored = if tlfs {
                     if origin == Origin::Guest && Hypercall(old).locked() {
                         return Err(Gp::new(index, GpReason::HypercallLocked));
                     }
@@ -115,6 +133,13 @@ impl PartitionRegisters {
                 } else {
                     value
                 };
+                // A host write (restore) is stored even then, with Enable forced off: clearing
+                // GUEST_OS_ID leaves a disabled HYPERCALL value (Locked, page address) behind,
+                // and a restore must reproduce it. KVM discards host writes here as well and so
+                // loses that value on migration.
+                if self.guest_os_id == 0 {
+                    stored &= !Hypercall::ENABLE;
+                }
                 self.hypercall = stored;
                 (
                     old,

@@ -337,9 +337,14 @@ impl VpRegisters {
                 if origin == Origin::Guest {
                     let t = timer.as_usize();
                     let config = StimerConfig(self.stimer_config[t]);
+                    // TLFS: "the SINTx bits cannot be set to zero for an enabled timer", so
+                    // AutoEnable cannot enable a message-mode timer whose SINTx is 0 either
+                    // (otherwise a restore, which re-applies that rule to CONFIG, would not
+                    // reproduce the state). KVM enables it regardless.
+                    let deliverable = !tlfs || config.direct_mode() || config.sintx() != 0;
                     if value == 0 {
                         self.stimer_config[t] = config.with_enabled(false).0;
-                    } else if config.auto_enable() {
+                    } else if config.auto_enable() && deliverable {
                         self.stimer_config[t] = config.with_enabled(true).0;
                     }
                 }
