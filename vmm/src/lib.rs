@@ -1,3 +1,46 @@
-//! A minimal KVM VMM on the SynIC library (skeleton: see the README status table).
+//! A minimal KVM VMM for the SynIC library: real guests on real KVM.
+//!
+//! * [`Vm`] builds a VM (in-kernel irqchip, guest RAM, vCPUs with Hyper-V CPUID, MSR exits for
+//!   the chosen [`SynicMode`]); [`Vm::start`] runs one thread per vCPU and returns a
+//!   [`RunningVm`] that stops cleanly on debug-exit, timeout or error.
+//! * Exits reach three per-vCPU hooks ([`MsrHandler`], [`HypercallHandler`],
+//!   [`SynicExitHandler`], bundled in [`VcpuHandlers`]) and a shared port-I/O bus of
+//!   [`PortDevice`]s ([`devices`]: COM1, isa-debug-exit, fw_cfg, the hyperv-testdev decoder,
+//!   guest reports).
+//! * Guests: raw 64-bit programs built with the [`guest`] toolkit, or multiboot v1 kernels
+//!   ([`multiboot`]).
+//!
+//! The memory map and port assignments are in [`layout`] and `docs/vmm.md`.
 
 #![deny(missing_docs)]
+
+pub mod boot;
+pub mod control;
+pub mod cpuid;
+pub mod devices;
+mod elf;
+pub mod error;
+pub mod guest;
+pub mod hv;
+pub mod hypercall;
+pub mod io;
+mod kick;
+pub mod lapic;
+pub mod layout;
+pub mod memory;
+pub mod msr;
+pub mod multiboot;
+pub mod probe;
+pub mod vcpu;
+pub mod vm;
+
+pub use control::{StopReason, VmControl};
+pub use cpuid::HvFeatures;
+pub use error::{Error, Result};
+pub use hypercall::{Hypercall, HypercallHandler, HypercallInput};
+pub use io::{IoBus, PortDevice};
+pub use memory::GuestMemory;
+pub use msr::MsrHandler;
+pub use probe::{Capabilities, ModeRequest, SynicMode};
+pub use vcpu::{SynicExit, SynicExitHandler, VcpuHandlers, VcpuStats};
+pub use vm::{RunOutcome, RunningVm, Vm, VmConfig};

@@ -1,0 +1,128 @@
+//! Stopping a running VM: why it stopped, the stop flag the vCPU loops poll, and the exit
+//! counters progress reports read.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+
+/// Why a VM stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// The guest wrote this value to isa-debug-exit (port 0xF4).
+    DebugExit(u32),
+    /// The wall-clock limit passed.
+    Timeout,
+    /// A vCPU shut down (triple fault).
+    Shutdown {
+        /// The vCPU.
+        vcpu: u32,
+    },
+    /// A vCPU reported a KVM system event (reset, shutdown, crash).
+    SystemEvent {
+        /// The vCPU.
+        vcpu: u32,
+        /// `KVM_SYSTEM_EVENT_*`.
+        kind: u32,
+    },
+    /// A vCPU hit an error the VMM cannot continue from.
+    Error {
+        /// The vCPU.
+        vcpu: u32,
+        /// What happened.
+        message: String,
+    },
+    /// The host asked the VM to stop.
+    Requested,
+}
+
+/// Shared by the vCPU threads, the devices and the owner of a running VM.
+#[derive(Debug)]
+pub struct VmControl {
+    stopping: AtomicBool,
+    reason: Mutex<Option<StopReason>>,
+    notify_tx: Sender<()>,
+    notify_rx: Receiver<()>,
+    exits: Box<[AtomicU64]>,
+}
+
+impl VmControl {
+    /// Control for a VM of `vcpus` vCPUs.
+    pub fn new(vcpus: u32) -> Self {
+        let (notify_tx, notify_rx) = crossbeam_channel::bounded(1);
+        Self {
+            stopping: AtomicBool::new(false),
+            reason: Mutex::new(None),
+            notify_tx,
+            notify_rx,
+            exits: (0..vcpus).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Asks every vCPU to stop. The first reason given is the one reported.
+    pub fn request_stop(&self, reason: StopReason) {
+        let mut r = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        if r.is_none() {
+            *r = Some(reason);
+        }
+        // Set after the reason so whoever sees the flag finds the reason.
+        self.stopping.store(true, Ordering::SeqCst);
+        let _ = self.notify_tx.try_send(());
+    }
+
+    /// Whether a stop was requested.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// The reason given first, once a stop was requested.
+    pub fn reason(&self) -> Option<StopReason> {
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Waits up to `timeout` for a stop request; true if one came.
+    pub fn wait_stop(&self, timeout: Duration) -> bool {
+        if self.stopping() {
+            return true;
+        }
+        let _ = self.notify_rx.recv_timeout(timeout);
+        self.stopping()
+    }
+
+    /// Counts one exit of `vcpu` to userspace.
+    pub(crate) fn count_exit(&self, vcpu: u32) {
+        if let Some(c) = self.exits.get(vcpu as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Exits to userspace so far, per vCPU.
+    pub fn exits(&self) -> Vec<u64> {
+        self.exits
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_stop_reason_wins_and_wakes_the_waiter() {
+        let c = VmControl::new(2);
+        assert!(!c.wait_stop(Duration::from_millis(1)));
+        c.request_stop(StopReason::DebugExit(3));
+        c.request_stop(StopReason::Timeout);
+        assert!(c.wait_stop(Duration::from_secs(5)));
+        assert_eq!(c.reason(), Some(StopReason::DebugExit(3)));
+        c.count_exit(1);
+        c.count_exit(7); // out of range: ignored
+        assert_eq!(c.exits(), vec![0, 1]);
+    }
+}
