@@ -1,0 +1,226 @@
+//! A partition over real (mmap'd) guest memory with dirty tracking, a recording raise and a
+//! fake clock, plus the guest-side operations tests need.
+
+#![allow(dead_code)]
+
+use std::ops::Deref;
+use std::sync::atomic::{fence, AtomicU32, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use synic::testing::RecordingRaise;
+use synic::{
+    FakeReferenceClock, HvMessage, MessageType, Mode, Partition, PartitionConfig, SintIndex, Vp,
+    VpIndex,
+};
+use synic_msr::{index, Origin, Profile};
+use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::{
+    Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    VolatileMemory,
+};
+use zerocopy::FromBytes;
+
+/// Guest RAM: 1 MiB at 0.
+pub type Mem = GuestMemoryMmap<AtomicBitmap>;
+/// The memory handle the partition holds.
+pub type Space = Arc<Mem>;
+
+pub const RAM_SIZE: usize = 0x10_0000;
+
+/// Message page of VP `vp`.
+pub fn simp_gpa(vp: usize) -> u64 {
+    0x1_0000 + vp as u64 * 0x2000
+}
+
+/// Event-flags page of VP `vp`.
+pub fn siefp_gpa(vp: usize) -> u64 {
+    0x1_1000 + vp as u64 * 0x2000
+}
+
+/// Vector of SINT `n` after [`Harness::enable`].
+pub fn vector(sint: u8) -> u8 {
+    0x30 + sint
+}
+
+pub fn sint(n: u8) -> SintIndex {
+    SintIndex::new(u32::from(n)).unwrap()
+}
+
+/// A message of type 1 whose payload is `id` (8 bytes, little endian).
+pub fn msg(id: u64) -> HvMessage {
+    HvMessage::new(MessageType(1), 0x77, &id.to_le_bytes()).unwrap()
+}
+
+/// The id carried by a message built with [`msg`].
+pub fn id_of(m: &HvMessage) -> u64 {
+    u64::from_le_bytes(m.payload[..8].try_into().unwrap())
+}
+
+pub fn new_memory() -> Space {
+    Arc::new(Mem::from_ranges(&[(GuestAddress(0), RAM_SIZE)]).unwrap())
+}
+
+pub struct Harness {
+    pub partition: Arc<Partition<Space>>,
+    pub vps: Vec<Vp<Space>>,
+    pub raise: Arc<RecordingRaise>,
+    pub mem: Space,
+    pub clock: Arc<FakeReferenceClock>,
+}
+
+impl Harness {
+    pub fn with_config(config: PartitionConfig) -> Self {
+        Self::with_memory(config, new_memory())
+    }
+
+    pub fn with_memory(config: PartitionConfig, mem: Space) -> Self {
+        let raise = Arc::new(RecordingRaise::default());
+        let clock = Arc::new(FakeReferenceClock::new(0));
+        let (partition, vps) =
+            Partition::new(config, mem.clone(), raise.clone(), clock.clone()).unwrap();
+        Self {
+            partition,
+            vps,
+            raise,
+            mem,
+            clock,
+        }
+    }
+
+    /// Userspace mode, `profile`, 2 VPs, queue capacity 4.
+    pub fn new(profile: Profile) -> Self {
+        Self::with_config(PartitionConfig::new(Mode::Userspace, profile, 2).with_queue_capacity(4))
+    }
+
+    /// TLFS userspace partition with VP 0 fully enabled.
+    pub fn enabled() -> Self {
+        let mut h = Self::new(Profile::Tlfs);
+        h.enable(0);
+        h
+    }
+
+    pub fn wrmsr(&mut self, vp: usize, msr: u32, value: u64) {
+        self.vps[vp]
+            .wrmsr(msr, value, Origin::Guest)
+            .unwrap_or_else(|e| panic!("wrmsr {msr:#x} = {value:#x}: {e}"));
+    }
+
+    /// The guest of `vp` enables SCONTROL, both pages and every SINT (vector 0x30 + n).
+    pub fn enable(&mut self, vp: usize) {
+        self.wrmsr(vp, index::SCONTROL, 1);
+        self.wrmsr(vp, index::SIMP, simp_gpa(vp) | 1);
+        self.wrmsr(vp, index::SIEFP, siefp_gpa(vp) | 1);
+        for n in 0..16u8 {
+            self.wrmsr(vp, index::SINT0 + u32::from(n), u64::from(vector(n)));
+        }
+        self.raise.take();
+    }
+
+    pub fn post(&self, vp: u32, sint: u8, id: u64) -> synic::Posted {
+        self.partition
+            .post_message(VpIndex(vp), u32::from(sint), msg(id))
+            .unwrap_or_else(|e| panic!("post {id}: {e}"))
+    }
+
+    pub fn eom(&mut self, vp: usize) {
+        self.wrmsr(vp, index::EOM, 0);
+    }
+
+    /// The raw slot of `sint` in the message page at `page`.
+    pub fn slot_at(&self, page: u64, sint: u8) -> HvMessage {
+        let mut bytes = [0u8; 256];
+        self.mem
+            .read_slice(&mut bytes, GuestAddress(page + 256 * u64::from(sint)))
+            .unwrap();
+        HvMessage::read_from_bytes(&bytes).unwrap()
+    }
+
+    pub fn slot(&self, vp: usize, sint: u8) -> HvMessage {
+        self.slot_at(simp_gpa(vp), sint)
+    }
+
+    /// The guest ISR's end: clear the type, full fence, read MessagePending (TLFS order).
+    /// Returns whether MessagePending was set (the guest must then write EOM).
+    pub fn guest_free_slot_at(&self, page: u64, sint: u8) -> bool {
+        guest_free_slot(&*self.mem, page + 256 * u64::from(sint))
+    }
+
+    pub fn guest_free_slot(&self, vp: usize, sint: u8) -> bool {
+        self.guest_free_slot_at(simp_gpa(vp), sint)
+    }
+
+    /// A well-behaved ISR on one slot: read, free, EOM if pending. Returns the message id.
+    pub fn isr(&mut self, vp: usize, sint: u8) -> Option<u64> {
+        let m = self.slot(vp, sint);
+        if m.header.message_type.is_none() {
+            return None;
+        }
+        if self.guest_free_slot(vp, sint) {
+            self.eom(vp);
+        }
+        Some(id_of(&m))
+    }
+
+    pub fn flag_is_set(&self, vp: usize, sint: u8, flag: u32) -> bool {
+        let byte: u8 = self
+            .mem
+            .read_obj(GuestAddress(
+                siefp_gpa(vp) + 256 * u64::from(sint) + u64::from(flag / 8),
+            ))
+            .unwrap();
+        byte & (1 << (flag % 8)) != 0
+    }
+
+    pub fn raised(&self) -> Vec<(VpIndex, SintIndex, u8, bool)> {
+        self.raise.raised()
+    }
+
+    pub fn counters(&self, vp: u32, sint: u8) -> synic::SintCounters {
+        self.partition.counters(VpIndex(vp)).unwrap().sints[usize::from(sint)]
+    }
+}
+
+/// Guest-side slot release on any memory: store 0 to the type, fence, read the flags byte.
+pub fn guest_free_slot<M: GuestMemory>(mem: &M, slot_gpa: u64) -> bool
+where
+    M: Bytes<GuestAddress>,
+{
+    let slice = mem
+        .get_slices(
+            GuestAddress(slot_gpa),
+            256,
+            vm_memory::Permissions::ReadWrite,
+        )
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    // The guest's own accesses: atomics through the mapping, bypassing the dirty bitmap (which
+    // tracks host writes only).
+    let ty = slice.get_atomic_ref::<AtomicU32>(0).unwrap();
+    let flags = slice.get_atomic_ref::<AtomicU8>(5).unwrap();
+    ty.store(0, Ordering::SeqCst);
+    fence(Ordering::SeqCst);
+    flags.load(Ordering::SeqCst) & 1 != 0
+}
+
+/// Guest pages the host wrote since the last [`clear_dirty`].
+pub fn dirty_pages(mem: &Mem) -> Vec<u64> {
+    let mut out = Vec::new();
+    for region in mem.iter() {
+        let bitmap: &AtomicBitmap = Deref::deref(region).bitmap();
+        for page in (0..region.len()).step_by(0x1000) {
+            if bitmap.is_addr_set(page as usize) {
+                out.push(region.start_addr().0 + page);
+            }
+        }
+    }
+    out
+}
+
+pub fn clear_dirty(mem: &Mem) {
+    for region in mem.iter() {
+        let bitmap: &AtomicBitmap = Deref::deref(region).bitmap();
+        bitmap.reset();
+    }
+}
