@@ -181,10 +181,7 @@ impl Harness {
 }
 
 /// Guest-side slot release on any memory: store 0 to the type, fence, read the flags byte.
-pub fn guest_free_slot<M: GuestMemory>(mem: &M, slot_gpa: u64) -> bool
-where
-    M: Bytes<GuestAddress>,
-{
+pub fn guest_free_slot<M: GuestMemory>(mem: &M, slot_gpa: u64) -> bool {
     let slice = mem
         .get_slices(
             GuestAddress(slot_gpa),
