@@ -1,0 +1,81 @@
+//! Shared by the real-KVM tests: skip loudly without /dev/kvm, build a VM with the standard
+//! devices, run toolkit programs with a wall-clock limit.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+use synic_vmm::devices::{DebugExit, Report, ReportPort, Serial, SharedBuffer};
+use synic_vmm::guest::GuestProgram;
+use synic_vmm::layout::ports;
+use synic_vmm::{RunningVm, VcpuHandlers, Vm, VmConfig};
+
+/// Wall-clock limit for one guest run: generous, the guests take milliseconds.
+pub const RUN_LIMIT: Duration = Duration::from_secs(20);
+
+/// False (after a loud message) when this host has no /dev/kvm.
+pub fn kvm_available() -> bool {
+    if std::path::Path::new("/dev/kvm").exists() {
+        return true;
+    }
+    eprintln!("\n!!!! SKIPPED: /dev/kvm is absent, this real-KVM test did not run !!!!\n");
+    false
+}
+
+/// A VM with COM1 (captured), isa-debug-exit and the report port.
+pub struct Rig {
+    pub vm: Vm,
+    pub reports: Receiver<Report>,
+    pub serial: SharedBuffer,
+}
+
+pub fn rig(config: VmConfig) -> Rig {
+    let mut vm = Vm::new(config).expect("building the VM");
+    let serial = SharedBuffer::new();
+    let (report, reports) = ReportPort::new(config.vcpus);
+    vm.add_device(ReportPort::BASE, ReportPort::LEN, Arc::new(report))
+        .unwrap();
+    vm.add_device(
+        ports::DEBUG_EXIT,
+        1,
+        Arc::new(DebugExit::new(vm.control().clone())),
+    )
+    .unwrap();
+    vm.add_device(
+        ports::COM1,
+        8,
+        Arc::new(Serial::new(ports::COM1, Box::new(serial.clone()))),
+    )
+    .unwrap();
+    Rig {
+        vm,
+        reports,
+        serial,
+    }
+}
+
+impl Rig {
+    /// Loads `program` and starts the vCPUs with `handlers`.
+    pub fn start(
+        mut self,
+        program: &GuestProgram,
+        handlers: impl FnMut(u32) -> VcpuHandlers,
+    ) -> (RunningVm, Receiver<Report>, SharedBuffer) {
+        program.load(&mut self.vm).expect("loading the program");
+        let running = self.vm.start(handlers).expect("starting vCPUs");
+        (running, self.reports, self.serial)
+    }
+}
+
+/// Next report, failing the test after `RUN_LIMIT`.
+pub fn next_report(rx: &Receiver<Report>) -> Report {
+    rx.recv_timeout(RUN_LIMIT)
+        .expect("guest report within the time limit")
+}
+
+/// All reports left in the channel (after the VM stopped).
+pub fn drain(rx: &Receiver<Report>) -> Vec<Report> {
+    rx.try_iter().collect()
+}

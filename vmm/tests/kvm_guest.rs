@@ -1,0 +1,415 @@
+//! Real-KVM tests of the VMM foundation: 64-bit toolkit guests, MSR exits, #GP injection,
+//! irqfd -> MSI -> guest ISR, hypercalls through the hypercall page, two vCPUs.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use common::{drain, kvm_available, next_report, rig, RUN_LIMIT};
+use kvm_bindings::{
+    kvm_irq_routing_entry, kvm_irq_routing_msi, KvmIrqRouting, KVM_IRQ_ROUTING_MSI,
+};
+use synic_msr::{Gp, GpReason};
+use synic_vmm::devices::Report;
+use synic_vmm::guest::{layout, tag, GuestBuilder, Isr};
+use synic_vmm::hypercall::{Hypercall, HypercallHandler};
+use synic_vmm::msr::VpIndexOnly;
+use synic_vmm::{MsrHandler, StopReason, SynicMode, VcpuHandlers, VmConfig};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+const SCONTROL: u32 = 0x4000_0080;
+const SVERSION: u32 = 0x4000_0081;
+
+fn config(vcpus: u32) -> VmConfig {
+    VmConfig {
+        vcpus,
+        ..VmConfig::default()
+    }
+}
+
+#[test]
+fn guest_runs_and_reports_through_port_io() {
+    if !kvm_available() {
+        return;
+    }
+    let mut g = GuestBuilder::new().unwrap();
+    g.report(tag::USER, 0x1234_5678_9ABC_DEF0).unwrap();
+    g.report_reg(tag::USER + 1, iced_x86::code_asm::r15)
+        .unwrap();
+    g.exit(7).unwrap();
+    let r = rig(config(1));
+    assert_eq!(
+        r.vm.mode(),
+        SynicMode::Userspace,
+        "this host has no in-kernel Hyper-V"
+    );
+    let (running, reports, _) = r.start(&g.build().unwrap(), VcpuHandlers::without_synic);
+    let out = running.wait(Some(RUN_LIMIT));
+    assert_eq!(out.reason, StopReason::DebugExit(7));
+    assert_eq!(
+        drain(&reports),
+        vec![
+            Report {
+                vcpu: 0,
+                tag: tag::USER,
+                value: 0x1234_5678_9ABC_DEF0
+            },
+            Report {
+                vcpu: 0,
+                tag: tag::USER + 1,
+                value: 0
+            },
+        ]
+    );
+}
+
+/// A register file for SCONTROL that refuses writes to SVERSION, recording every access.
+#[derive(Clone, Default)]
+struct FakeSynic {
+    regs: Arc<Mutex<HashMap<u32, u64>>>,
+    log: Arc<Mutex<Vec<(char, u32, u64)>>>,
+}
+
+impl MsrHandler for FakeSynic {
+    fn rdmsr(&mut self, msr: u32) -> Result<u64, Gp> {
+        let v = match msr {
+            SCONTROL => self.regs.lock().unwrap().get(&msr).copied().unwrap_or(0),
+            SVERSION => 1,
+            _ => return Err(Gp::new(msr, GpReason::UnknownMsr)),
+        };
+        self.log.lock().unwrap().push(('r', msr, v));
+        Ok(v)
+    }
+
+    fn wrmsr(&mut self, msr: u32, value: u64) -> Result<(), Gp> {
+        self.log.lock().unwrap().push(('w', msr, value));
+        match msr {
+            SCONTROL => {
+                self.regs.lock().unwrap().insert(msr, value);
+                Ok(())
+            }
+            SVERSION => Err(Gp::new(msr, GpReason::ReadOnly)),
+            _ => Err(Gp::new(msr, GpReason::UnknownMsr)),
+        }
+    }
+}
+
+fn with_msr(h: FakeSynic) -> impl FnMut(u32) -> VcpuHandlers {
+    move |vp| VcpuHandlers {
+        msr: Box::new(h.clone()),
+        ..VcpuHandlers::without_synic(vp)
+    }
+}
+
+#[test]
+fn guest_msr_access_reaches_the_host_handler_and_round_trips() {
+    if !kvm_available() {
+        return;
+    }
+    let value = 0xABCD_0000_0000_0001;
+    let mut g = GuestBuilder::new().unwrap();
+    g.wrmsr(SCONTROL, value).unwrap();
+    g.rdmsr_report(SCONTROL, tag::USER).unwrap();
+    g.exit(0).unwrap();
+    let h = FakeSynic::default();
+    let (running, reports, _) = rig(config(1)).start(&g.build().unwrap(), with_msr(h.clone()));
+    assert_eq!(
+        running.wait(Some(RUN_LIMIT)).reason,
+        StopReason::DebugExit(0)
+    );
+    assert_eq!(
+        drain(&reports),
+        vec![Report {
+            vcpu: 0,
+            tag: tag::USER,
+            value
+        }]
+    );
+    assert_eq!(
+        *h.log.lock().unwrap(),
+        vec![('w', SCONTROL, value), ('r', SCONTROL, value)]
+    );
+}
+
+#[test]
+fn host_gp_reaches_the_guest_gp_handler_and_the_guest_continues() {
+    if !kvm_available() {
+        return;
+    }
+    let mut g = GuestBuilder::new().unwrap();
+    g.wrmsr(SVERSION, 2).unwrap(); // handler refuses: #GP
+    g.rdmsr_report(0x4000_0085, tag::USER).unwrap(); // not a register: #GP, no USER report
+    g.rdmsr_report(SVERSION, tag::USER + 1).unwrap();
+    // The guest's own count of recovered faults.
+    g.asm()
+        .mov(iced_x86::code_asm::rax, layout::GP_COUNT)
+        .unwrap();
+    g.asm()
+        .mov(
+            iced_x86::code_asm::rax,
+            iced_x86::code_asm::qword_ptr(iced_x86::code_asm::r14 + iced_x86::code_asm::rax),
+        )
+        .unwrap();
+    g.report_reg(tag::USER + 2, iced_x86::code_asm::rax)
+        .unwrap();
+    g.exit(0).unwrap();
+    let h = FakeSynic::default();
+    let (running, reports, _) = rig(config(1)).start(&g.build().unwrap(), with_msr(h));
+    let out = running.wait(Some(RUN_LIMIT));
+    assert_eq!(out.reason, StopReason::DebugExit(0));
+    assert_eq!(out.stats[0].msr_gp, 2);
+    assert_eq!(
+        drain(&reports),
+        vec![
+            Report {
+                vcpu: 0,
+                tag: tag::GP,
+                value: u64::from(SVERSION)
+            },
+            Report {
+                vcpu: 0,
+                tag: tag::GP,
+                value: 0x4000_0085
+            },
+            Report {
+                vcpu: 0,
+                tag: tag::USER + 1,
+                value: 1
+            },
+            Report {
+                vcpu: 0,
+                tag: tag::USER + 2,
+                value: 2
+            },
+        ]
+    );
+}
+
+#[test]
+fn irqfd_on_an_msi_route_interrupts_the_guest_isr() {
+    if !kvm_available() {
+        return;
+    }
+    const VECTOR: u8 = 0x40;
+    const GSI: u32 = 24;
+    let mut g = GuestBuilder::new().unwrap();
+    g.isr(VECTOR, Isr::REPORT_AND_EOI).unwrap();
+    g.lapic_enable().unwrap();
+    g.report(tag::USER, 0).unwrap(); // ready
+    g.wait_for_irqs(VECTOR, 2).unwrap();
+    g.report(tag::USER + 1, 0).unwrap();
+    g.exit(0).unwrap();
+    let r = rig(config(1));
+    // One MSI route: fixed delivery to APIC id 0, vector 0x40 (the routing crate will own
+    // this table later).
+    let mut entry = kvm_irq_routing_entry {
+        gsi: GSI,
+        type_: KVM_IRQ_ROUTING_MSI,
+        ..Default::default()
+    };
+    entry.u.msi = kvm_irq_routing_msi {
+        address_lo: 0xFEE0_0000,
+        address_hi: 0,
+        data: u32::from(VECTOR),
+        ..Default::default()
+    };
+    r.vm.vm_fd()
+        .set_gsi_routing(&KvmIrqRouting::from_entries(&[entry]).unwrap())
+        .unwrap();
+    let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+    r.vm.vm_fd().register_irqfd(&irq, GSI).unwrap();
+    let (running, reports, _) = r.start(&g.build().unwrap(), VcpuHandlers::without_synic);
+    assert_eq!(
+        next_report(&reports),
+        Report {
+            vcpu: 0,
+            tag: tag::USER,
+            value: 0
+        }
+    );
+    for _ in 0..2 {
+        irq.write(1).unwrap();
+        assert_eq!(
+            next_report(&reports),
+            Report {
+                vcpu: 0,
+                tag: tag::IRQ,
+                value: u64::from(VECTOR)
+            }
+        );
+    }
+    assert_eq!(next_report(&reports).tag, tag::USER + 1);
+    assert_eq!(
+        running.wait(Some(RUN_LIMIT)).reason,
+        StopReason::DebugExit(0)
+    );
+}
+
+#[derive(Clone, Default)]
+struct RecordingHypercalls(Arc<Mutex<Vec<(u32, Hypercall)>>>, u32);
+
+impl HypercallHandler for RecordingHypercalls {
+    fn hypercall(&mut self, call: &Hypercall) -> u64 {
+        self.0.lock().unwrap().push((self.1, *call));
+        0x0000_0003_0000_0000 | u64::from(call.input.call_code()) // 3 reps done, status = code
+    }
+}
+
+#[test]
+fn hypercall_through_the_page_reaches_the_host_hook_and_returns_rax() {
+    if !kvm_available() {
+        return;
+    }
+    let mut g = GuestBuilder::new().unwrap();
+    g.enable_hypercall_page(layout::HYPERCALL_PAGE).unwrap();
+    g.asm().mov(iced_x86::code_asm::r9, 0x5555u64).unwrap(); // survives the call
+    g.hypercall(
+        layout::HYPERCALL_PAGE,
+        0x0003_0000_0001_005D,
+        0x11_2233,
+        0x44_5566,
+    )
+    .unwrap();
+    g.report_reg(tag::USER, iced_x86::code_asm::rax).unwrap();
+    g.report_reg(tag::USER + 1, iced_x86::code_asm::r9).unwrap();
+    g.exit(0).unwrap();
+    let h = RecordingHypercalls::default();
+    let calls = h.0.clone();
+    let (running, reports, _) = rig(config(1)).start(&g.build().unwrap(), move |vp| VcpuHandlers {
+        hypercall: Box::new(RecordingHypercalls(h.0.clone(), vp)),
+        ..VcpuHandlers::without_synic(vp)
+    });
+    let out = running.wait(Some(RUN_LIMIT));
+    assert_eq!(out.reason, StopReason::DebugExit(0));
+    assert_eq!(out.stats[0].hypercalls, 1);
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1);
+    let (vp, call) = calls[0];
+    assert_eq!(vp, 0);
+    assert_eq!(call.input.0, 0x0003_0000_0001_005D);
+    assert!(call.input.fast());
+    assert_eq!((call.param0, call.param1), (0x11_2233, 0x44_5566));
+    assert_eq!(
+        drain(&reports),
+        vec![
+            Report {
+                vcpu: 0,
+                tag: tag::USER,
+                value: 0x0000_0003_0000_005D
+            },
+            Report {
+                vcpu: 0,
+                tag: tag::USER + 1,
+                value: 0x5555
+            },
+        ]
+    );
+}
+
+#[test]
+fn out_to_the_trap_port_is_no_hypercall_until_the_page_is_enabled() {
+    if !kvm_available() {
+        return;
+    }
+    let mut g = GuestBuilder::new().unwrap();
+    g.asm().mov(iced_x86::code_asm::rax, 0x77u64).unwrap();
+    g.asm().out(0xEBi32, iced_x86::code_asm::al).unwrap();
+    g.report_reg(tag::USER, iced_x86::code_asm::rax).unwrap();
+    g.exit(0).unwrap();
+    let h = RecordingHypercalls::default();
+    let calls = h.0.clone();
+    let (running, reports, _) = rig(config(1)).start(&g.build().unwrap(), move |vp| VcpuHandlers {
+        hypercall: Box::new(RecordingHypercalls(h.0.clone(), vp)),
+        ..VcpuHandlers::without_synic(vp)
+    });
+    assert_eq!(
+        running.wait(Some(RUN_LIMIT)).reason,
+        StopReason::DebugExit(0)
+    );
+    assert!(calls.lock().unwrap().is_empty());
+    assert_eq!(
+        drain(&reports),
+        vec![Report {
+            vcpu: 0,
+            tag: tag::USER,
+            value: 0x77
+        }]
+    );
+}
+
+#[test]
+fn two_vcpus_both_run_with_their_own_vp_index() {
+    if !kvm_available() {
+        return;
+    }
+    let mut g = GuestBuilder::new().unwrap();
+    g.rdmsr_report(synic_msr::index::VP_INDEX, tag::USER)
+        .unwrap();
+    g.halt().unwrap();
+    let (running, reports, _) = rig(config(2)).start(&g.build().unwrap(), |vp| VcpuHandlers {
+        msr: Box::new(VpIndexOnly { vp_index: vp }),
+        ..VcpuHandlers::without_synic(vp)
+    });
+    let mut got = vec![next_report(&reports), next_report(&reports)];
+    got.sort_by_key(|r| r.vcpu);
+    assert_eq!(
+        got,
+        vec![
+            Report {
+                vcpu: 0,
+                tag: tag::USER,
+                value: 0
+            },
+            Report {
+                vcpu: 1,
+                tag: tag::USER,
+                value: 1
+            },
+        ]
+    );
+    let out = running.stop();
+    assert_eq!(out.reason, StopReason::Requested);
+    assert_eq!(out.stats.len(), 2);
+}
+
+#[test]
+fn a_spinning_guest_is_stopped_by_the_timeout() {
+    if !kvm_available() {
+        return;
+    }
+    let mut g = GuestBuilder::new().unwrap();
+    let mut top = g.asm().create_label();
+    g.asm().set_label(&mut top).unwrap();
+    g.asm().jmp(top).unwrap();
+    let (running, _, _) = rig(config(2)).start(&g.build().unwrap(), VcpuHandlers::without_synic);
+    let out = running.wait(Some(std::time::Duration::from_millis(300)));
+    assert_eq!(out.reason, StopReason::Timeout);
+    assert!(out.elapsed < RUN_LIMIT);
+}
+
+#[test]
+fn unexpected_exception_is_reported_and_stops_the_vm() {
+    if !kvm_available() {
+        return;
+    }
+    let mut g = GuestBuilder::new().unwrap();
+    let mut ud = g.asm().create_label();
+    g.asm().set_label(&mut ud).unwrap();
+    g.asm().ud2().unwrap();
+    let program = g.build().unwrap();
+    let ud_addr = program.address_of(&ud).unwrap();
+    let (running, reports, _) = rig(config(1)).start(&program, VcpuHandlers::without_synic);
+    assert_eq!(
+        running.wait(Some(RUN_LIMIT)).reason,
+        StopReason::DebugExit(synic_vmm::guest::EXIT_UNEXPECTED_EXCEPTION)
+    );
+    assert_eq!(
+        drain(&reports),
+        vec![Report {
+            vcpu: 0,
+            tag: tag::EXCEPTION,
+            value: 6 | ud_addr << 8
+        }]
+    );
+}
