@@ -1,0 +1,289 @@
+//! Kernel mode: HV_SINT routes, irqfds, and resamplefds fanned in to one ack thread.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::thread::JoinHandle;
+
+use synic::{RaiseSint, SintIndex, VpIndex};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{check_new_pairs, Counters, SintAck, SintCounters};
+use crate::backend::new_eventfd;
+use crate::{Error, Gsi, Irqfd, Mode, Route, RoutingBackend, RoutingTable};
+
+/// epoll token of the stop eventfd; route tokens are `vp << 8 | sint`, which never reach it.
+const STOP: u64 = u64::MAX;
+
+fn token(vp: VpIndex, sint: SintIndex) -> u64 {
+    u64::from(vp.0) << 8 | u64::from(sint.get())
+}
+
+fn untoken(t: u64) -> Option<(VpIndex, SintIndex)> {
+    let vp = u32::try_from(t >> 8).ok()?;
+    Some((VpIndex(vp), SintIndex::new((t & 0xFF) as u32)?))
+}
+
+/// Kernel-mode SINT delivery (`KVM_CAP_HYPERV_SYNIC2`).
+///
+/// Per configured (VP, SINT): a GSI with an HV_SINT route, an irqfd that [`RaiseSint::raise`]
+/// writes, and a resamplefd KVM signals when the guest acknowledges the SINT (EOI of its
+/// vector, or EOM). One thread blocks in `epoll_wait` over every resamplefd and passes each
+/// signal to the [`SintAck`] sink: no polling, one thread for the whole VM.
+///
+/// Ordering: KVM maps SINTs to GSIs (for acks) only for vCPUs whose SynIC is already active,
+/// and only when a table is committed. So enable SYNIC2 on every vCPU ([`crate::enable_synic2`]),
+/// mark each VP active ([`RoutingTable::mark_synic_active`]), then [`KernelSintRoutes::add`];
+/// the table refuses HV_SINT routes for VPs not marked active. If the VMM later changes a
+/// VP_INDEX, call [`RoutingTable::commit`] so KVM rebuilds the map.
+pub struct KernelSintRoutes<B: RoutingBackend> {
+    table: Arc<RoutingTable<B>>,
+    shared: Arc<Shared<B>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+type RouteMap<B> = HashMap<(VpIndex, SintIndex), Irqfd<B>>;
+
+struct Shared<B: RoutingBackend> {
+    routes: RwLock<RouteMap<B>>,
+    epoll: Epoll,
+    stop: EventFd,
+    sink: Box<dyn SintAck>,
+    counters: Counters,
+}
+
+impl<B: RoutingBackend> Shared<B> {
+    fn read(&self) -> RwLockReadGuard<'_, RouteMap<B>> {
+        self.routes.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, RouteMap<B>> {
+        self.routes.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl<B: RoutingBackend> std::fmt::Debug for KernelSintRoutes<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelSintRoutes")
+            .field("routes", &self.shared.read().len())
+            .field("counters", &self.counters())
+            .finish()
+    }
+}
+
+impl<B: RoutingBackend> KernelSintRoutes<B> {
+    /// Checks that the kernel can do kernel mode (SYNIC2 and resample irqfds, which need the
+    /// full in-kernel irqchip) and starts the ack thread feeding `sink`.
+    pub fn new(table: Arc<RoutingTable<B>>, sink: impl SintAck) -> Result<Self, Error> {
+        table.capabilities().check(Mode::Kernel)?;
+        let epoll = Epoll::new().map_err(Error::os("epoll_create1"))?;
+        let stop = new_eventfd()?;
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                stop.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, STOP),
+            )
+            .map_err(Error::os("epoll_ctl"))?;
+        let shared = Arc::new(Shared {
+            routes: RwLock::new(HashMap::new()),
+            epoll,
+            stop,
+            sink: Box::new(sink),
+            counters: Counters::default(),
+        });
+        let thread = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("sint-acks".into())
+                .spawn(move || ack_loop(&shared))
+                .map_err(Error::os("spawning the ack thread"))?
+        };
+        Ok(Self {
+            table,
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Adds a route for each (VP, SINT) pair: all GSIs and HV_SINT entries in one commit, then
+    /// an irqfd with a resamplefd per pair. On error nothing is added.
+    pub fn add(&self, pairs: &[(VpIndex, SintIndex)]) -> Result<(), Error> {
+        check_new_pairs(pairs, |p| self.shared.read().contains_key(p))?;
+        let gsis: Vec<Gsi> = self.table.update(|tx| {
+            pairs
+                .iter()
+                .map(|&(vp, sint)| tx.add(Route::HvSint { vp, sint }))
+                .collect()
+        })?;
+        // The route is committed before the irqfd exists, so no raise can hit an empty GSI.
+        let mut irqfds = Vec::with_capacity(pairs.len());
+        for &gsi in &gsis {
+            match Irqfd::new(Arc::clone(self.table.backend()), gsi, true) {
+                Ok(i) => irqfds.push(i),
+                Err(e) => {
+                    drop(irqfds);
+                    self.table.release_best_effort(gsis);
+                    return Err(e);
+                }
+            }
+        }
+        let mut routes = self.shared.write();
+        let mut added = Vec::with_capacity(pairs.len());
+        for (&pair, irqfd) in pairs.iter().zip(irqfds) {
+            // Into the map before epoll: the ack thread must find a route for every event,
+            // or level-triggered epoll would report the undrained fd again and again.
+            routes.insert(pair, irqfd);
+            added.push(pair);
+            let rfd = routes[&pair].resample().map(AsRawFd::as_raw_fd);
+            let watched = rfd.map(|fd| {
+                self.shared.epoll.ctl(
+                    ControlOperation::Add,
+                    fd,
+                    EpollEvent::new(EventSet::IN, token(pair.0, pair.1)),
+                )
+            });
+            if let Some(Err(e)) = watched {
+                drop(routes);
+                let _ = self.remove(&added);
+                return Err(Error::os("epoll_ctl")(e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds routes for `sints` on every VP in `vps` (one commit).
+    pub fn add_vps(&self, vps: &[VpIndex], sints: &[SintIndex]) -> Result<(), Error> {
+        let pairs: Vec<_> = vps
+            .iter()
+            .flat_map(|&vp| sints.iter().map(move |&s| (vp, s)))
+            .collect();
+        self.add(&pairs)
+    }
+
+    /// Removes the routes of `pairs` that exist: stops watching their resamplefds, unregisters
+    /// their irqfds, then releases their GSIs in one commit.
+    pub fn remove(&self, pairs: &[(VpIndex, SintIndex)]) -> Result<(), Error> {
+        let mut removed = Vec::new();
+        {
+            let mut routes = self.shared.write();
+            for pair in pairs {
+                if let Some(irqfd) = routes.remove(pair) {
+                    if let Some(r) = irqfd.resample() {
+                        let _ = self.shared.epoll.ctl(
+                            ControlOperation::Delete,
+                            r.as_raw_fd(),
+                            EpollEvent::default(),
+                        );
+                    }
+                    removed.push(irqfd);
+                }
+            }
+        }
+        let gsis: Vec<Gsi> = removed.iter().map(Irqfd::gsi).collect();
+        // Unregister before the GSI can be reused by anyone else.
+        drop(removed);
+        self.table
+            .update(|tx| gsis.iter().try_for_each(|&g| tx.release(g)))
+    }
+
+    /// The GSI routing `sint` on `vp`, if configured.
+    pub fn gsi(&self, vp: VpIndex, sint: SintIndex) -> Option<Gsi> {
+        self.shared.read().get(&(vp, sint)).map(Irqfd::gsi)
+    }
+
+    /// What has been raised and acknowledged so far.
+    pub fn counters(&self) -> SintCounters {
+        self.shared.counters.snapshot()
+    }
+
+    /// The table these routes live in.
+    pub fn table(&self) -> &Arc<RoutingTable<B>> {
+        &self.table
+    }
+}
+
+impl<B: RoutingBackend> RaiseSint for KernelSintRoutes<B> {
+    /// Writes the (VP, SINT)'s irqfd. KVM injects the vector from its own copy of the SINT
+    /// register and drops the interrupt if the SINT is masked, so `vector` and `auto_eoi` are
+    /// not needed here.
+    fn raise(&self, vp: VpIndex, sint: SintIndex, _vector: u8, _auto_eoi: bool) {
+        let routes = self.shared.read();
+        match routes.get(&(vp, sint)) {
+            Some(irqfd) => {
+                // Fails only if the counter would overflow u64: the interrupt is pending anyway.
+                let _ = irqfd.trigger();
+                Counters::bump(&self.shared.counters.raised);
+            }
+            None => Counters::bump(&self.shared.counters.unrouted),
+        }
+    }
+}
+
+impl<B: RoutingBackend> Drop for KernelSintRoutes<B> {
+    fn drop(&mut self) {
+        let _ = self.shared.stop.write(1);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let removed: Vec<Irqfd<B>> = self.shared.write().drain().map(|(_, i)| i).collect();
+        let gsis: Vec<Gsi> = removed.iter().map(Irqfd::gsi).collect();
+        drop(removed);
+        self.table.release_best_effort(gsis);
+    }
+}
+
+fn ack_loop<B: RoutingBackend>(shared: &Shared<B>) {
+    let mut events = vec![EpollEvent::default(); 64];
+    let mut acks = Vec::new();
+    loop {
+        let n = match shared.epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // Only EBADF/EINVAL/EFAULT: the epoll fd is ours and valid, so this is unreachable.
+            Err(_) => return,
+        };
+        {
+            let routes = shared.read();
+            for event in &events[..n] {
+                if event.data() == STOP {
+                    return;
+                }
+                let Some(pair) = untoken(event.data()) else {
+                    continue;
+                };
+                let drained = routes
+                    .get(&pair)
+                    .and_then(Irqfd::resample)
+                    .is_some_and(|r| r.read().is_ok());
+                if drained {
+                    acks.push(pair);
+                }
+            }
+        }
+        // Outside the lock: the sink may call back into the model and from there into raise.
+        for (vp, sint) in acks.drain(..) {
+            Counters::bump(&shared.counters.acks);
+            shared.sink.ack(vp, sint);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_never_collide_with_stop() {
+        for vp in [0, 1, 4095, u32::MAX] {
+            for sint in SintIndex::ALL {
+                let t = token(VpIndex(vp), sint);
+                assert_ne!(t, STOP);
+                assert_eq!(untoken(t), Some((VpIndex(vp), sint)));
+            }
+        }
+        assert_eq!(untoken(STOP), None);
+    }
+}
