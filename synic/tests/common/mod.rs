@@ -162,12 +162,12 @@ impl Harness {
     }
 
     pub fn flag_is_set(&self, vp: usize, sint: u8, flag: u32) -> bool {
-        let byte: u8 = self
-            .mem
-            .read_obj(GuestAddress(
-                siefp_gpa(vp) + 256 * u64::from(sint) + u64::from(flag / 8),
-            ))
-            .unwrap();
+        self.flag_is_set_at(siefp_gpa(vp), sint, flag)
+    }
+
+    pub fn flag_is_set_at(&self, page: u64, sint: u8, flag: u32) -> bool {
+        let at = GuestAddress(page + 256 * u64::from(sint) + u64::from(flag / 8));
+        let byte: u8 = self.mem.read_obj(at).unwrap();
         byte & (1 << (flag % 8)) != 0
     }
 
