@@ -220,11 +220,15 @@ fn write_info(mem: &GuestMemory, mem_size: u64, cmdline: &str) -> Result<()> {
     write(mem, MBI_ADDR, &bytes)
 }
 
+/// Where [`elf32_kernel`] puts the code, relative to the load address.
+pub const ELF32_KERNEL_CODE_OFFSET: u32 = 0x60 + 12;
+
 /// Builds a minimal multiboot ELF32 kernel: one segment at `load_addr` holding the ELF and
-/// program headers, the multiboot header, then `code` (32-bit, entered at its first byte),
-/// followed by `bss` zeroed bytes. For tests and demos.
+/// program headers, the multiboot header, then `code` (32-bit, assembled for address
+/// `load_addr + ELF32_KERNEL_CODE_OFFSET` and entered at its first byte), followed by `bss`
+/// zeroed bytes. For tests and demos.
 pub fn elf32_kernel(load_addr: u32, code: &[u8], bss: u32) -> Vec<u8> {
-    const CODE_OFFSET: u32 = 0x60 + 12;
+    const CODE_OFFSET: u32 = ELF32_KERNEL_CODE_OFFSET;
     let file_len = CODE_OFFSET + code.len() as u32;
     let mut f = Vec::with_capacity(file_len as usize);
     let put16 = |f: &mut Vec<u8>, v: u16| f.extend_from_slice(&v.to_le_bytes());

@@ -205,7 +205,10 @@ impl VcpuRunner {
                 }
                 Next::Continue
             }
-            Ok(VcpuExit::Hyperv) => Next::HypervExit,
+            Ok(VcpuExit::Hyperv) => {
+                stats.hyperv += 1;
+                Next::HypervExit
+            }
             // With the in-kernel LAPIC, HLT only exits if the kernel decides to; just resume.
             Ok(VcpuExit::Hlt) | Ok(VcpuExit::Intr) | Ok(VcpuExit::IrqWindowOpen) => Next::Continue,
             Ok(VcpuExit::Shutdown) => Next::Stop(StopReason::Shutdown { vcpu }),

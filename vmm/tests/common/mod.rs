@@ -79,3 +79,4 @@ pub fn next_report(rx: &Receiver<Report>) -> Report {
 pub fn drain(rx: &Receiver<Report>) -> Vec<Report> {
     rx.try_iter().collect()
 }
+pub mod kernel;

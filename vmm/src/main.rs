@@ -1,0 +1,166 @@
+//! `synic-vmm`: the demo (no arguments), a multiboot kernel runner (`run`), the benchmarks
+//! (`bench`).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use synic_vmm::devices::{DebugExit, FwCfg, Serial};
+use synic_vmm::layout::ports;
+use synic_vmm::{multiboot, StopReason, VcpuHandlers, Vm, VmConfig};
+
+const USAGE: &str = "usage:
+  synic-vmm                         run the demo
+  synic-vmm run [--smp N] [--mem MiB] [--timeout S] KERNEL [ARGS..]
+                                    boot a multiboot kernel; its COM1 output goes to stdout
+                                    and the exit status is QEMU isa-debug-exit's (value << 1 | 1)
+  synic-vmm bench                   print the performance table";
+
+/// Exit status for usage and setup errors.
+const EXIT_ERROR: u8 = 2;
+/// Exit status when the time limit stopped the guest (as timeout(1)).
+const EXIT_TIMEOUT: u8 = 124;
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
+
+struct RunArgs {
+    smp: u32,
+    mem_mib: u64,
+    timeout: Option<Duration>,
+    kernel: String,
+    args: Vec<String>,
+}
+
+fn parse_run(mut argv: impl Iterator<Item = String>) -> Result<RunArgs, String> {
+    let mut r = RunArgs {
+        smp: 1,
+        mem_mib: 128,
+        timeout: None,
+        kernel: String::new(),
+        args: Vec::new(),
+    };
+    while let Some(a) = argv.next() {
+        let mut value = |name: &str| argv.next().ok_or_else(|| format!("{name} needs a value"));
+        match a.as_str() {
+            "--smp" => {
+                let v = value("--smp")?;
+                r.smp = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or(format!("--smp {v}: not a vCPU count"))?;
+            }
+            "--mem" => {
+                let v = value("--mem")?;
+                r.mem_mib = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or(format!("--mem {v}: not a size in MiB"))?;
+            }
+            "--timeout" => {
+                let v = value("--timeout")?;
+                let s: f64 = v
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| *s > 0.0 && s.is_finite())
+                    .ok_or(format!("--timeout {v}: not a number of seconds"))?;
+                r.timeout = Some(Duration::from_secs_f64(s));
+            }
+            s if s.starts_with("--") => return Err(format!("unknown option {s}")),
+            _ => {
+                r.kernel = a;
+                r.args = argv.collect();
+                return Ok(r);
+            }
+        }
+    }
+    Err("run needs a KERNEL".into())
+}
+
+fn run(args: RunArgs) -> Result<ExitCode, String> {
+    let image =
+        std::fs::read(&args.kernel).map_err(|e| format!("cannot read {}: {e}", args.kernel))?;
+    let config = VmConfig {
+        vcpus: args.smp,
+        mem_size: args.mem_mib << 20,
+        ..VmConfig::default()
+    };
+    let mut vm = Vm::new(config).map_err(|e| e.to_string())?;
+    let stdout = Box::new(std::io::stdout());
+    let devices: [(u16, u16, Arc<dyn synic_vmm::PortDevice>); 3] = [
+        (ports::COM1, 8, Arc::new(Serial::new(ports::COM1, stdout))),
+        (
+            ports::DEBUG_EXIT,
+            1,
+            Arc::new(DebugExit::new(vm.control().clone())),
+        ),
+        (
+            ports::FW_CFG_SELECTOR,
+            2,
+            Arc::new(FwCfg::new(args.smp as u16, config.mem_size)),
+        ),
+    ];
+    for (port, len, dev) in devices {
+        vm.add_device(port, len, dev).map_err(|e| e.to_string())?;
+    }
+    // QEMU passes the kernel's name as the first word of the command line.
+    let cmdline = std::iter::once(args.kernel.as_str())
+        .chain(args.args.iter().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let entry = multiboot::load(vm.memory(), &image, &cmdline)
+        .map_err(|e| format!("{}: {e}", args.kernel))?;
+    vm.boot_protected_mode(entry).map_err(|e| e.to_string())?;
+    let running = vm
+        .start(VcpuHandlers::without_synic)
+        .map_err(|e| e.to_string())?;
+    let out = running.wait_with_progress(args.timeout, PROGRESS_INTERVAL, |elapsed, exits| {
+        eprintln!(
+            "synic-vmm: still running after {} s ({} exits to userspace)",
+            elapsed.as_secs(),
+            exits.iter().sum::<u64>()
+        );
+    });
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    match out.reason {
+        StopReason::DebugExit(v) => Ok(ExitCode::from(DebugExit::qemu_status(v) as u8)),
+        StopReason::Timeout => {
+            eprintln!(
+                "synic-vmm: time limit reached after {:.1} s, guest stopped",
+                out.elapsed.as_secs_f64()
+            );
+            Ok(ExitCode::from(EXIT_TIMEOUT))
+        }
+        StopReason::Shutdown { vcpu } => {
+            eprintln!("synic-vmm: vCPU {vcpu} shut down (triple fault)");
+            Ok(ExitCode::SUCCESS)
+        }
+        other => Err(format!("guest stopped: {other:?}")),
+    }
+}
+
+fn main() -> ExitCode {
+    let mut argv = std::env::args().skip(1);
+    let result = match argv.next().as_deref() {
+        None => Err(
+            "the demo is not wired yet: it needs the SynIC model (synic/); \
+                     `synic-vmm run KERNEL` works today"
+                .to_string(),
+        ),
+        Some("run") => parse_run(argv).and_then(run),
+        Some("bench") => Err("the benchmarks are not written yet".to_string()),
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => Err(format!("unknown command {other}\n{USAGE}")),
+    };
+    match result {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("synic-vmm: {message}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Real-KVM tests of multiboot booting: an ELF32 kernel generated here boots in protected
+//! mode, prints to COM1, reads fw_cfg, starts its APs with INIT/SIPI and exits through
+//! isa-debug-exit; and the same through the `synic-vmm run` command line.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+
+use common::kernel::{self, kernel};
+use common::{kvm_available, rig, RUN_LIMIT};
+use synic_vmm::devices::{DebugExit, FwCfg};
+use synic_vmm::layout::ports;
+use synic_vmm::{multiboot, StopReason, VcpuHandlers, VmConfig};
+
+fn boot(cpus: u32) -> (StopReason, String, Vec<synic_vmm::VcpuStats>) {
+    let config = VmConfig {
+        vcpus: cpus,
+        mem_size: 32 << 20,
+        ..VmConfig::default()
+    };
+    let mut r = rig(config);
+    let fw_cfg = FwCfg::new(cpus as u16, config.mem_size);
+    r.vm.add_device(ports::FW_CFG_SELECTOR, 2, Arc::new(fw_cfg))
+        .unwrap();
+    let entry = multiboot::load(r.vm.memory(), &kernel(cpus, config.mem_size), "kernel").unwrap();
+    r.vm.boot_protected_mode(entry).unwrap();
+    let running = r.vm.start(VcpuHandlers::without_synic).unwrap();
+    let out = running.wait(Some(RUN_LIMIT));
+    (out.reason, r.serial.text(), out.stats)
+}
+
+#[test]
+fn multiboot_elf32_kernel_boots_prints_and_exits_with_its_code() {
+    if !kvm_available() {
+        return;
+    }
+    let (reason, serial, _) = boot(1);
+    assert_eq!(
+        reason,
+        StopReason::DebugExit(kernel::PASS),
+        "serial: {serial}"
+    );
+    assert_eq!(serial, "hello from a multiboot kernel\ncpus=1\n");
+}
+
+#[test]
+fn multiboot_kernel_starts_its_aps_with_init_sipi() {
+    if !kvm_available() {
+        return;
+    }
+    let (reason, serial, stats) = boot(3);
+    assert_eq!(
+        reason,
+        StopReason::DebugExit(kernel::PASS),
+        "serial: {serial}"
+    );
+    assert_eq!(serial, "hello from a multiboot kernel\ncpus=3\nAPs up\n");
+    assert_eq!(stats.len(), 3);
+    // Each AP's KVM_RUN returned EAGAIN when it left wait-for-SIPI, and was retried.
+    assert!(stats[1..].iter().all(|s| s.sipi_retries >= 1), "{stats:?}");
+}
+
+fn write_kernel(name: &str, cpus: u32, mem_size: u64) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("synic-vmm-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, kernel(cpus, mem_size)).unwrap();
+    path
+}
+
+#[test]
+fn cli_run_boots_the_kernel_relays_serial_and_exits_with_the_debug_exit_status() {
+    if !kvm_available() {
+        return;
+    }
+    // The CLI's default RAM is 128 MiB; the kernel checks mem_upper against it.
+    let path = write_kernel("cli.elf", 2, 128 << 20);
+    let out = Command::new(env!("CARGO_BIN_EXE_synic-vmm"))
+        .args(["run", "--smp", "2", "--timeout", "20"])
+        .arg(&path)
+        .args(["arg1", "arg2"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stdout, "hello from a multiboot kernel\ncpus=2\nAPs up\n",
+        "stderr: {stderr}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(DebugExit::qemu_status(kernel::PASS)),
+        "stderr: {stderr}"
+    );
+}
+
+#[test]
+fn cli_reports_clear_errors() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_synic-vmm"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["run", "/nonexistent/kernel.elf"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("/nonexistent/kernel.elf"), "{err}");
+    let (code, err) = run(&["run", "--smp", "zero", "k"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--smp"), "{err}");
+    let (code, err) = run(&["frobnicate"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("usage"), "{err}");
+}
