@@ -15,15 +15,18 @@ use synic_vmm::devices::Report;
 use synic_vmm::guest::{layout, tag, GuestBuilder, Isr};
 use synic_vmm::hypercall::{Hypercall, HypercallHandler};
 use synic_vmm::msr::VpIndexOnly;
-use synic_vmm::{MsrHandler, StopReason, SynicMode, VcpuHandlers, VmConfig};
+use synic_vmm::{ModeRequest, MsrHandler, StopReason, SynicMode, VcpuHandlers, VmConfig};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 const SCONTROL: u32 = 0x4000_0080;
 const SVERSION: u32 = 0x4000_0081;
 
+/// Userspace mode explicitly: these tests drive the MSR and hypercall hooks, which KVM's own
+/// SynIC would bypass on a host that has it.
 fn config(vcpus: u32) -> VmConfig {
     VmConfig {
         vcpus,
+        mode: ModeRequest::Userspace,
         ..VmConfig::default()
     }
 }
