@@ -6,10 +6,17 @@
 //! `docs/msr-semantics.md`.
 //!
 //! * [`Msr`] classifies raw indices; [`VpRegisters`] holds one VP's registers and
-//!   [`PartitionRegisters`] the partition-wide ones.
+//!   [`PartitionRegisters`] the partition-wide ones. Both take raw indices (`rdmsr`/`wrmsr`,
+//!   what an MSR exit carries) or classified [`Msr`]s (`read`/`write`).
+//! * Every access names its [`Origin`]: the guest, or the VMM (save/restore, set-up), which
+//!   skips guest-only checks. With [`Profile::Kvm`] the SynIC exists only after
+//!   [`VpRegisters::activate`], as with `KVM_CAP_HYPERV_SYNIC2`.
 //! * A write returns a [`WriteOutcome`] naming what changed (a page enabled, moved or disabled,
 //!   a SINT rewritten, an EOM) so the layer above can act on guest memory and interrupts.
-//! * A refused access is a [`Gp`] value carrying the reason, never a panic.
+//! * A refused access is a [`Gp`] value carrying the reason, never a panic; a refused write
+//!   changes nothing.
+//! * Save/restore: host-read every register in [`Msr::SAVED`], host-write them back in that
+//!   order into fresh registers with the same profile, address width and activation.
 //!
 //! ```
 //! use synic_msr::{Msr, Origin, Profile, VpRegisters, WriteOutcome, Change, index};
@@ -20,6 +27,44 @@
 //! // A SINT vector below 16 is refused with a reason.
 //! let gp = vp.wrmsr(index::SINT0 + 2, 0x0f, Origin::Guest).unwrap_err();
 //! assert_eq!(gp.to_string(), "#GP on MSR 0x40000092: SINT vector 15 is below 16");
+//! ```
+//!
+//! Saving one VP and its partition and restoring them elsewhere:
+//!
+//! ```
+//! use synic_msr::{index, KvmSynic, Msr, Origin, PartitionRegisters, Profile, Scope, VpRegisters};
+//! let mut vp = VpRegisters::new(Profile::Kvm, 0);
+//! vp.activate(KvmSynic::V2);
+//! let mut partition = PartitionRegisters::new(Profile::Kvm);
+//! partition.wrmsr(index::GUEST_OS_ID, 0x8100_0000_0000_0001, Origin::Guest).unwrap();
+//! partition.wrmsr(index::HYPERCALL, 0x7001, Origin::Guest).unwrap();
+//! vp.wrmsr(index::SINT0 + 1, 0x40, Origin::Guest).unwrap();
+//!
+//! let saved: Vec<(Msr, u64)> = Msr::SAVED
+//!     .iter()
+//!     .map(|&msr| {
+//!         let value = match msr.scope() {
+//!             Scope::Vp => vp.read(msr, Origin::Host),
+//!             Scope::Partition => partition.read(msr, Origin::Host, 0),
+//!         };
+//!         (msr, value.unwrap())
+//!     })
+//!     .collect();
+//!
+//! // The destination is activated like the source before the registers go back in.
+//! let mut vp2 = VpRegisters::new(Profile::Kvm, 7);
+//! vp2.activate(KvmSynic::V2);
+//! let mut partition2 = PartitionRegisters::new(Profile::Kvm);
+//! for (msr, value) in saved {
+//!     match msr.scope() {
+//!         Scope::Vp => vp2.write(msr, value, Origin::Host),
+//!         Scope::Partition => partition2.write(msr, value, Origin::Host),
+//!     }
+//!     .unwrap();
+//! }
+//! assert_eq!(vp2.rdmsr(index::SINT0 + 1, Origin::Guest), Ok(0x40));
+//! assert_eq!(vp2.vp_index(), 0);
+//! assert_eq!(partition2.hypercall().gpa(), 0x7000);
 //! ```
 
 #![deny(missing_docs)]
