@@ -144,6 +144,8 @@ pub(crate) fn deliver_one<G: GuestMemory + ?Sized>(
         }
     };
     if page.slot_type(sint, Ordering::Acquire)? != 0 {
+        #[cfg(test)]
+        tests::guest_window();
         if !page.set_pending(sint)? {
             st.counters.pending_sets += 1;
         }
@@ -162,4 +164,98 @@ pub(crate) fn deliver_one<G: GuestMemory + ?Sized>(
         st.counters.pending_sets += 1;
     }
     Ok(Step::Delivered(policy.interrupt(st.sint)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::sync::atomic::{fence, AtomicU32, AtomicU8};
+    use std::sync::Arc;
+
+    use synic_msr::{index, Origin};
+    use vm_memory::bitmap::AtomicBitmap;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, Permissions, VolatileMemory};
+
+    use super::*;
+    use crate::message::MessageType;
+    use crate::testing::RecordingRaise;
+    use crate::{FakeReferenceClock, Partition, PartitionConfig, Posted, VpIndex};
+
+    type Hook = Box<dyn FnMut()>;
+
+    thread_local! {
+        /// Runs between the host seeing a busy slot and setting MessagePending: the window in
+        /// which a guest on another vCPU may free the slot.
+        static GUEST_WINDOW: RefCell<Option<Hook>> = const { RefCell::new(None) };
+    }
+
+    pub(super) fn guest_window() {
+        if let Some(mut hook) = GUEST_WINDOW.with(|h| h.borrow_mut().take()) {
+            hook();
+        }
+    }
+
+    /// The guest's slot release: clear the type, full fence, read MessagePending.
+    fn guest_release(mem: &GuestMemoryMmap<AtomicBitmap>, slot: u64) -> bool {
+        let s = mem
+            .get_slices(GuestAddress(slot), 256, Permissions::ReadWrite)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        s.get_atomic_ref::<AtomicU32>(0)
+            .unwrap()
+            .store(0, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        s.get_atomic_ref::<AtomicU8>(5)
+            .unwrap()
+            .load(Ordering::SeqCst)
+            & 1
+            != 0
+    }
+
+    #[test]
+    fn slot_freed_between_busy_check_and_pending_is_refilled_by_the_host() {
+        let mem = Arc::new(
+            GuestMemoryMmap::<AtomicBitmap>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap(),
+        );
+        let config = PartitionConfig::new(Mode::Userspace, Profile::Tlfs, 1);
+        let raise = Arc::new(RecordingRaise::default());
+        let clock = Arc::new(FakeReferenceClock::new(0));
+        let (partition, mut vps) = Partition::new(config, mem.clone(), raise, clock).unwrap();
+        for (msr, value) in [
+            (index::SINT0, 0x40),
+            (index::SIMP, 0x5001),
+            (index::SCONTROL, 1),
+        ] {
+            vps[0].wrmsr(msr, value, Origin::Guest).unwrap();
+        }
+        let m = |ty| HvMessage::new(MessageType(ty), 0, &[]).unwrap();
+        assert_eq!(
+            partition.post_message(VpIndex(0), 0u32, m(1)),
+            Ok(Posted::Delivered)
+        );
+
+        // Worst interleaving: the guest frees the slot and finds MessagePending clear after
+        // the host saw the slot busy but before the host set MessagePending. The guest will
+        // not write EOM, so the host's re-check must deliver.
+        let saw_pending = Arc::new(std::sync::Mutex::new(None));
+        let (mem2, saw) = (mem.clone(), saw_pending.clone());
+        GUEST_WINDOW.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move || {
+                *saw.lock().unwrap() = Some(guest_release(&mem2, 0x5000));
+            }))
+        });
+        assert_eq!(
+            partition.post_message(VpIndex(0), 0u32, m(2)),
+            Ok(Posted::Delivered)
+        );
+        assert_eq!(*saw_pending.lock().unwrap(), Some(false));
+        let ty: u32 = mem.read_obj(GuestAddress(0x5000)).unwrap();
+        assert_eq!(
+            ty, 2,
+            "the second message is in the slot, not stranded in the queue"
+        );
+        assert_eq!(partition.counters(VpIndex(0)).unwrap().sints[0].queued, 0);
+    }
 }
