@@ -55,6 +55,9 @@ pub struct Capabilities {
     pub hyperv_synic2: bool,
     /// `KVM_CAP_NR_VCPUS`: recommended maximum vCPUs.
     pub nr_vcpus: usize,
+    /// `KVM_CAP_SYNC_REGS` covers general and system registers (hypercall traps then read
+    /// and write registers without extra ioctls).
+    pub sync_regs: bool,
 }
 
 impl Capabilities {
@@ -81,6 +84,10 @@ impl Capabilities {
             msr_filter: kvm.check_extension(Cap::X86MsrFilter),
             hyperv_synic2: kvm.check_extension(Cap::HypervSynic2),
             nr_vcpus: count(Cap::NrVcpus),
+            sync_regs: {
+                let want = kvm_bindings::KVM_SYNC_X86_REGS | kvm_bindings::KVM_SYNC_X86_SREGS;
+                u32::try_from(kvm.check_extension_int(Cap::SyncRegs)).unwrap_or(0) & want == want
+            },
         }
     }
 
@@ -178,6 +185,7 @@ mod tests {
             msr_filter: true,
             hyperv_synic2: false,
             nr_vcpus: 2,
+            sync_regs: true,
         }
     }
 

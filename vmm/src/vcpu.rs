@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
+use kvm_bindings::{kvm_regs, kvm_sregs};
 use kvm_bindings::{KVM_EXIT_HYPERV_HCALL, KVM_EXIT_HYPERV_SYNIC};
-use kvm_ioctls::{VcpuExit, VcpuFd};
+use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 
 use crate::control::{StopReason, VmControl};
 use crate::hv::HvPartition;
@@ -99,6 +100,8 @@ pub(crate) struct VcpuRunner {
     pub hv: Arc<HvPartition>,
     pub control: Arc<VmControl>,
     pub mode: SynicMode,
+    /// Registers arrive in `kvm_run` at every exit (`KVM_CAP_SYNC_REGS`).
+    pub sync_regs: bool,
 }
 
 enum Next {
@@ -114,6 +117,10 @@ impl VcpuRunner {
     pub fn run(mut self) -> VcpuStats {
         let mut stats = VcpuStats::default();
         kick::register(self.fd.get_kvm_run());
+        if self.sync_regs {
+            self.fd.set_sync_valid_reg(SyncReg::Register);
+            self.fd.set_sync_valid_reg(SyncReg::SystemRegister);
+        }
         while !self.control.stopping() {
             let next = self.step(&mut stats);
             let outcome = match next {
@@ -243,14 +250,7 @@ impl VcpuRunner {
     }
 
     fn hypercall_trap(&mut self, stats: &mut VcpuStats) -> Result<(), String> {
-        let mut regs = self
-            .fd
-            .get_regs()
-            .map_err(|e| format!("KVM_GET_REGS: {e}"))?;
-        let sregs = self
-            .fd
-            .get_sregs()
-            .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+        let (mut regs, sregs) = self.registers()?;
         // Only ring 0 may call the hypervisor; anything else is a plain write to a port
         // nobody claims.
         if sregs.cs.selector & 3 != 0 {
@@ -263,8 +263,33 @@ impl VcpuRunner {
         let result = self.handlers.hypercall.hypercall(&call);
         hypercall::write_result(&mut regs, long_mode, result);
         // RIP still points at the OUT; KVM skips it when the vCPU resumes.
+        self.set_registers(&regs)
+    }
+
+    fn registers(&mut self) -> Result<(kvm_regs, kvm_sregs), String> {
+        if self.sync_regs {
+            let s = self.fd.sync_regs();
+            return Ok((s.regs, s.sregs));
+        }
+        let regs = self
+            .fd
+            .get_regs()
+            .map_err(|e| format!("KVM_GET_REGS: {e}"))?;
+        let sregs = self
+            .fd
+            .get_sregs()
+            .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+        Ok((regs, sregs))
+    }
+
+    fn set_registers(&mut self, regs: &kvm_regs) -> Result<(), String> {
+        if self.sync_regs {
+            self.fd.sync_regs_mut().regs = *regs;
+            self.fd.set_sync_dirty_reg(SyncReg::Register);
+            return Ok(());
+        }
         self.fd
-            .set_regs(&regs)
+            .set_regs(regs)
             .map_err(|e| format!("KVM_SET_REGS: {e}"))
     }
 

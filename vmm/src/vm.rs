@@ -231,6 +231,7 @@ impl Vm {
                 hv: self.hv.clone(),
                 control: self.control.clone(),
                 mode: self.mode,
+                sync_regs: self.caps.sync_regs,
             };
             let thread = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
