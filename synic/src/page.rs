@@ -70,8 +70,12 @@ impl<B: BitmapSlice> Page<'_, B> {
         let offset = slot_offset(sint) + FLAGS_OFFSET;
         let flags = self.atomic::<AtomicU8>(offset)?;
         let before = flags.fetch_or(MessageFlags::PENDING, Ordering::SeqCst);
-        self.mark_dirty(offset, 1);
-        Ok(before & MessageFlags::PENDING != 0)
+        let was_set = before & MessageFlags::PENDING != 0;
+        // Setting a set bit leaves the page unchanged: nothing for migration to copy.
+        if !was_set {
+            self.mark_dirty(offset, 1);
+        }
+        Ok(was_set)
     }
 
     /// Writes `message` into `sint`'s slot: bytes 4..256 first, then `message_type` with a
@@ -101,8 +105,11 @@ impl<B: BitmapSlice> Page<'_, B> {
         // The guest clears flags with locked bit operations on machine words; one locked OR on
         // the same word is atomic with respect to them.
         let before = word.fetch_or(bit.to_le(), Ordering::SeqCst);
-        self.mark_dirty(offset, 8);
-        Ok(before & bit.to_le() != 0)
+        let was_set = before & bit.to_le() != 0;
+        if !was_set {
+            self.mark_dirty(offset, 8);
+        }
+        Ok(was_set)
     }
 
     /// Zeroes the whole page (KVM SynIC v1 does this on every enable-write).
@@ -129,6 +136,13 @@ mod tests {
     fn dirty(mem: &GuestMemoryMmap<AtomicBitmap>, gpa: u64) -> bool {
         let (region, addr) = mem.to_region_addr(GuestAddress(gpa)).unwrap();
         region.bitmap().dirty_at(addr.0 as usize)
+    }
+
+    fn clean(mem: &GuestMemoryMmap<AtomicBitmap>) {
+        for region in mem.iter() {
+            let bitmap: &AtomicBitmap = std::ops::Deref::deref(region).bitmap();
+            bitmap.reset();
+        }
     }
 
     #[test]
@@ -175,7 +189,11 @@ mod tests {
         assert!(dirty(&mem, 0x2000));
 
         assert!(!page.set_flag(sint, 2047).unwrap());
+        // A bit that was set already changes nothing: the page is not marked again.
+        clean(&mem);
         assert!(page.set_flag(sint, 2047).unwrap());
+        assert!(page.set_pending(sint).unwrap());
+        assert!(!dirty(&mem, 0x2000));
         assert_eq!(mem.read_obj::<u8>(GuestAddress(0x2FFF)).unwrap(), 0x80);
         page.zero().unwrap();
         assert_eq!(mem.read_obj::<u8>(GuestAddress(0x2FFF)).unwrap(), 0);

@@ -132,6 +132,8 @@ impl<M: GuestAddressSpace> Vp<M> {
         let msr = Msr::from_index(index).ok_or(Gp::new(index, GpReason::UnknownMsr))?;
         Ok(match msr.scope() {
             Scope::Vp => self.regs.read(msr, origin)?,
+            // Guests read the reference counter often (a clocksource): no lock for it.
+            Scope::Partition if msr == Msr::TimeRefCount => self.partition.reference_time(),
             Scope::Partition => {
                 let now = self.partition.reference_time();
                 self.partition.registers().read(msr, origin, now)?
