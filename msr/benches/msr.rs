@@ -96,6 +96,12 @@ fn bench_profile(c: &mut Criterion, profile: Profile, name: &str) {
 }
 
 fn msr(c: &mut Criterion) {
+    // The floor: fetching one u64 from a register-file-sized array, to read the numbers below
+    // as multiples of the cheapest possible "register read".
+    let file = [0u64; 33];
+    c.bench_function("floor/array_read", |b| {
+        b.iter(|| black_box(&file)[black_box(9)])
+    });
     bench_profile(c, Profile::Tlfs, "tlfs");
     bench_profile(c, Profile::Kvm, "kvm");
 }
