@@ -13,7 +13,7 @@
 
 mod common;
 
-use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::thread::{self, Thread};
@@ -24,9 +24,8 @@ use synic::{
     SystemReferenceClock, Vp, VpIndex,
 };
 use synic_msr::{index, Origin, Profile};
-use vm_memory::{GuestAddress, GuestMemory, Permissions, VolatileMemory};
 
-use common::{new_memory, Space};
+use common::{guest_slot_type, guest_take_slot, new_memory, Space};
 
 const SINTS: u32 = 4;
 const PAGES: [u64; 2] = [0x1_0000, 0x2_0000];
@@ -97,32 +96,6 @@ struct Guest {
 }
 
 impl Guest {
-    fn take_slot(&self, page: u64, sint: u32) -> ([u8; 256], bool) {
-        let slice = self
-            .mem
-            .get_slices(
-                GuestAddress(page + 256 * u64::from(sint)),
-                256,
-                Permissions::ReadWrite,
-            )
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap();
-        let ty = slice.get_atomic_ref::<AtomicU32>(0).unwrap();
-        let flags = slice.get_atomic_ref::<AtomicU8>(5).unwrap();
-        let mut bytes = [0u8; 256];
-        if ty.load(Ordering::Acquire) == 0 {
-            return (bytes, false);
-        }
-        slice.copy_to(&mut bytes[..]);
-        // TLFS ISR: clear the type, then (after a full fence) test MessagePending.
-        ty.store(0, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        let pending = flags.load(Ordering::SeqCst) & 1 != 0;
-        (bytes, pending)
-    }
-
     fn record(&mut self, bytes: &[u8; 256], sint: u32, producers: u32) {
         let (producer, seq, id) = decode(bytes);
         if u32::from_le_bytes(bytes[..4].try_into().unwrap()) != 1 || producer >= producers {
@@ -155,12 +128,12 @@ impl Guest {
 
     /// Runs the ISR for one SINT of the page in use.
     fn isr(&mut self, page: u64, sint: u32, producers: u32) {
-        let (bytes, pending) = self.take_slot(page, sint);
-        if bytes[..4] != [0; 4] {
+        let slot = page + 256 * u64::from(sint);
+        if let Some((bytes, pending)) = guest_take_slot(&self.mem, slot) {
             self.record(&bytes, sint, producers);
-        }
-        if pending {
-            self.eom();
+            if pending {
+                self.eom();
+            }
         }
     }
 
@@ -200,24 +173,7 @@ impl Guest {
     }
 
     fn peek_type(&self, page: u64, sint: u32) -> u32 {
-        Self::peek_type_at(&self.mem, page, sint)
-    }
-
-    fn peek_type_at(mem: &Space, page: u64, sint: u32) -> u32 {
-        let slice = mem
-            .get_slices(
-                GuestAddress(page + 256 * u64::from(sint)),
-                4,
-                Permissions::Read,
-            )
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap();
-        slice
-            .get_atomic_ref::<AtomicU32>(0)
-            .unwrap()
-            .load(Ordering::SeqCst)
+        guest_slot_type(&self.mem, page + 256 * u64::from(sint))
     }
 }
 
@@ -473,7 +429,7 @@ fn slot_release_racing_a_post_never_strands_a_message() {
             .unwrap();
         barrier.wait();
         let queued = partition.counters(VpIndex(0)).unwrap().sints[0].queued;
-        let guest_view = Guest::peek_type_at(&mem, PAGES[0], 0);
+        let guest_view = guest_slot_type(&mem, PAGES[0]);
         if queued > 0 && guest_view == 0 {
             stranded += 1;
             // Unstick it so the rounds stay in step.

@@ -13,10 +13,10 @@ use synic::{
     VpIndex,
 };
 use synic_msr::{index, Origin, Profile};
-use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::bitmap::{AtomicBitmap, BS};
 use vm_memory::{
     Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-    VolatileMemory,
+    Permissions, VolatileMemory, VolatileSlice,
 };
 use zerocopy::FromBytes;
 
@@ -142,7 +142,7 @@ impl Harness {
     /// The guest ISR's end: clear the type, full fence, read MessagePending (TLFS order).
     /// Returns whether MessagePending was set (the guest must then write EOM).
     pub fn guest_free_slot_at(&self, page: u64, sint: u8) -> bool {
-        guest_free_slot(&*self.mem, page + 256 * u64::from(sint))
+        guest_free_slot(&self.mem, page + 256 * u64::from(sint))
     }
 
     pub fn guest_free_slot(&self, vp: usize, sint: u8) -> bool {
@@ -180,25 +180,50 @@ impl Harness {
     }
 }
 
-/// Guest-side slot release on any memory: store 0 to the type, fence, read the flags byte.
-pub fn guest_free_slot<M: GuestMemory>(mem: &M, slot_gpa: u64) -> bool {
-    let slice = mem
-        .get_slices(
-            GuestAddress(slot_gpa),
-            256,
-            vm_memory::Permissions::ReadWrite,
-        )
+/// Runs `f` on a slot's `message_type` and flags byte as the guest sees them: atomics through
+/// the mapping, bypassing the dirty bitmap (which tracks host writes only).
+fn with_slot<R>(
+    mem: &Mem,
+    slot_gpa: u64,
+    f: impl FnOnce(&AtomicU32, &AtomicU8, &VolatileSlice<'_, BS<'_, AtomicBitmap>>) -> R,
+) -> R {
+    let slice = GuestMemory::get_slices(mem, GuestAddress(slot_gpa), 256, Permissions::ReadWrite)
         .unwrap()
         .next()
         .unwrap()
         .unwrap();
-    // The guest's own accesses: atomics through the mapping, bypassing the dirty bitmap (which
-    // tracks host writes only).
     let ty = slice.get_atomic_ref::<AtomicU32>(0).unwrap();
     let flags = slice.get_atomic_ref::<AtomicU8>(5).unwrap();
-    ty.store(0, Ordering::SeqCst);
-    fence(Ordering::SeqCst);
-    flags.load(Ordering::SeqCst) & 1 != 0
+    f(ty, flags, &slice)
+}
+
+/// The end of a TLFS ISR: clear the type, full fence, read MessagePending (set: write EOM).
+pub fn guest_free_slot(mem: &Mem, slot_gpa: u64) -> bool {
+    with_slot(mem, slot_gpa, |ty, flags, _| {
+        ty.store(0, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        flags.load(Ordering::SeqCst) & 1 != 0
+    })
+}
+
+/// A TLFS ISR on one slot: if it holds a message, copy it out and free the slot. Returns the
+/// bytes and MessagePending as read after freeing.
+pub fn guest_take_slot(mem: &Mem, slot_gpa: u64) -> Option<([u8; 256], bool)> {
+    with_slot(mem, slot_gpa, |ty, flags, slice| {
+        if ty.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut bytes = [0u8; 256];
+        slice.copy_to(&mut bytes[..]);
+        ty.store(0, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        Some((bytes, flags.load(Ordering::SeqCst) & 1 != 0))
+    })
+}
+
+/// The slot's `message_type` as the guest reads it.
+pub fn guest_slot_type(mem: &Mem, slot_gpa: u64) -> u32 {
+    with_slot(mem, slot_gpa, |ty, _, _| ty.load(Ordering::SeqCst))
 }
 
 /// Guest pages the host wrote since the last [`clear_dirty`].
