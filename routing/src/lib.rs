@@ -14,6 +14,34 @@
 //!
 //! KVM is reached only through [`RoutingBackend`], implemented by `kvm_ioctls::VmFd` and by
 //! the recording [`fake::FakeKvm`]. See `docs/routing.md` for the design and ordering rules.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use synic::{RaiseSint, Sint, SintIndex, VpIndex};
+//! use synic_routing::fake::{FakeConfig, FakeKvm};
+//! use synic_routing::{DefaultRoutes, Mode, MsiRoute, Route, RoutingTable, UserSintRoutes};
+//!
+//! // A VMM passes `Arc<VmFd>` (after KVM_CREATE_IRQCHIP); tests pass the fake.
+//! let kvm = Arc::new(FakeKvm::new(FakeConfig::default()));
+//! let table = Arc::new(RoutingTable::new(kvm.clone(), DefaultRoutes::Keep));
+//! table.capabilities().check(Mode::Userspace).unwrap();
+//!
+//! // Userspace-mode SINT routes: VP 0 has APIC id 0; one route for SINT2.
+//! let sints = UserSintRoutes::new(table.clone(), [(VpIndex(0), 0)]).unwrap();
+//! let sint2 = SintIndex::new(2).unwrap();
+//! sints.add(&[(VpIndex(0), sint2)]).unwrap();
+//! // The model reports the guest's SINT2 write, then raises it.
+//! sints.sint_changed(VpIndex(0), sint2, Sint::new(0x40, false, false));
+//! sints.raise(VpIndex(0), sint2, 0x40, false);
+//! let injected = kvm.deliver();
+//! assert_eq!(injected[0].routes, vec![Route::Msi(MsiRoute::fixed(0, 0x40))]);
+//!
+//! // A device shares the same table: its route lands on the next free GSI.
+//! let gsi = table.add(Route::Msi(MsiRoute::fixed(0, 0x51))).unwrap();
+//! let irqfd = table.irqfd(gsi, false).unwrap();
+//! irqfd.trigger().unwrap();
+//! assert_eq!(kvm.deliver()[0].gsi, gsi);
+//! ```
 
 #![deny(missing_docs)]
 

@@ -233,6 +233,25 @@ impl<B: RoutingBackend> RoutingTable<B> {
     }
 }
 
+impl<B: RoutingBackend> RoutingTable<B> {
+    /// Registers one new irqfd per GSI; if any registration fails, drops those made and
+    /// releases all of `gsis` (they were allocated for these irqfds).
+    pub(crate) fn irqfds_or_release(
+        &self,
+        gsis: &[Gsi],
+        resample: bool,
+    ) -> Result<Vec<Irqfd<B>>, Error> {
+        let made: Result<Vec<_>, Error> = gsis
+            .iter()
+            .map(|&gsi| Irqfd::new(Arc::clone(&self.backend), gsi, resample))
+            .collect();
+        if made.is_err() {
+            self.release_best_effort(gsis.iter().copied());
+        }
+        made
+    }
+}
+
 fn commit<B: RoutingBackend>(
     backend: &B,
     caps: &Capabilities,

@@ -10,7 +10,7 @@ use synic::{RaiseSint, SintIndex, VpIndex};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{check_new_pairs, Counters, SintAck, SintCounters};
+use super::{check_new_pairs, pairs, Counters, SintAck, SintCounters};
 use crate::backend::new_eventfd;
 use crate::{Error, Gsi, Irqfd, Mode, Route, RoutingBackend, RoutingTable};
 
@@ -119,17 +119,7 @@ impl<B: RoutingBackend> KernelSintRoutes<B> {
                 .collect()
         })?;
         // The route is committed before the irqfd exists, so no raise can hit an empty GSI.
-        let mut irqfds = Vec::with_capacity(pairs.len());
-        for &gsi in &gsis {
-            match Irqfd::new(Arc::clone(self.table.backend()), gsi, true) {
-                Ok(i) => irqfds.push(i),
-                Err(e) => {
-                    drop(irqfds);
-                    self.table.release_best_effort(gsis);
-                    return Err(e);
-                }
-            }
-        }
+        let irqfds = self.table.irqfds_or_release(&gsis, true)?;
         let mut routes = self.shared.write();
         let mut added = Vec::with_capacity(pairs.len());
         for (&pair, irqfd) in pairs.iter().zip(irqfds) {
@@ -156,11 +146,7 @@ impl<B: RoutingBackend> KernelSintRoutes<B> {
 
     /// Adds routes for `sints` on every VP in `vps` (one commit).
     pub fn add_vps(&self, vps: &[VpIndex], sints: &[SintIndex]) -> Result<(), Error> {
-        let pairs: Vec<_> = vps
-            .iter()
-            .flat_map(|&vp| sints.iter().map(move |&s| (vp, s)))
-            .collect();
-        self.add(&pairs)
+        self.add(&pairs(vps, sints))
     }
 
     /// Removes the routes of `pairs` that exist: stops watching their resamplefds, unregisters

@@ -83,6 +83,13 @@ impl Counters {
     }
 }
 
+/// Every (VP, SINT) pair of `vps` x `sints`.
+pub(crate) fn pairs(vps: &[VpIndex], sints: &[SintIndex]) -> Vec<(VpIndex, SintIndex)> {
+    vps.iter()
+        .flat_map(|&vp| sints.iter().map(move |&s| (vp, s)))
+        .collect()
+}
+
 /// Refuses a list that names a pair twice or a pair `exists` already knows.
 pub(crate) fn check_new_pairs(
     pairs: &[(VpIndex, SintIndex)],

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 
 use synic::{RaiseSint, Sint, SintIndex, VpIndex};
 
-use super::{check_new_pairs, Counters, SintCounters};
+use super::{check_new_pairs, pairs, Counters, SintCounters};
 use crate::{Error, Gsi, Irqfd, Mode, MsiRoute, Route, RoutingBackend, RoutingTable};
 
 /// Userspace-mode SINT delivery: the VMM owns the SynIC, KVM owns the local APICs.
@@ -134,17 +134,7 @@ impl<B: RoutingBackend> UserSintRoutes<B> {
         let gsis: Vec<Gsi> = self
             .table
             .update(|tx| targets.iter().map(|t| tx.add(t.route())).collect())?;
-        let mut irqfds = Vec::with_capacity(gsis.len());
-        for &gsi in &gsis {
-            match Irqfd::new(Arc::clone(self.table.backend()), gsi, false) {
-                Ok(i) => irqfds.push(i),
-                Err(e) => {
-                    drop(irqfds);
-                    self.table.release_best_effort(gsis);
-                    return Err(e);
-                }
-            }
-        }
+        let irqfds = self.table.irqfds_or_release(&gsis, false)?;
         let mut routes = self.write();
         for (((pair, value), target), irqfd) in pairs.iter().zip(values).zip(targets).zip(irqfds) {
             routes.insert(
@@ -161,11 +151,7 @@ impl<B: RoutingBackend> UserSintRoutes<B> {
 
     /// Adds routes for `sints` on every VP in `vps` (one commit).
     pub fn add_vps(&self, vps: &[VpIndex], sints: &[SintIndex]) -> Result<(), Error> {
-        let pairs: Vec<_> = vps
-            .iter()
-            .flat_map(|&vp| sints.iter().map(move |&s| (vp, s)))
-            .collect();
-        self.add(&pairs)
+        self.add(&pairs(vps, sints))
     }
 
     /// Removes the routes of `pairs` that exist: irqfds unregistered, GSIs released in one
@@ -193,12 +179,14 @@ impl<B: RoutingBackend> UserSintRoutes<B> {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(vp, apic_id);
-        let mine: Vec<_> = self
+        let mut mine: Vec<_> = self
             .read()
             .iter()
             .filter(|((v, _), _)| *v == vp)
             .map(|(_, r)| Arc::clone(r))
             .collect();
+        // Lock the routes in one global order (by GSI), whatever the map's iteration order.
+        mine.sort_by_key(|r| r.irqfd.gsi());
         let mut guards: Vec<_> = mine.iter().map(|r| lock(&r.route)).collect();
         self.table.update(|tx| {
             for (r, g) in mine.iter().zip(&guards).filter(|(_, g)| g.live) {
