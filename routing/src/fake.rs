@@ -104,6 +104,7 @@ struct FakeState {
     calls: Vec<Call>,
     record_calls: bool,
     fail_next: Option<i32>,
+    commit_delay: std::time::Duration,
 }
 
 #[derive(Debug)]
@@ -169,6 +170,12 @@ impl FakeKvm {
             .iter()
             .map(|i| (i.gsi, i.resample.is_some()))
             .collect()
+    }
+
+    /// Makes every `KVM_SET_GSI_ROUTING` take at least `delay` (a real commit waits for an
+    /// SRCU grace period), to widen race windows in tests.
+    pub fn set_commit_delay(&self, delay: std::time::Duration) {
+        self.lock().commit_delay = delay;
     }
 
     /// Makes the next `KVM_SET_GSI_ROUTING` fail with `errno` (fault injection).
@@ -273,6 +280,10 @@ impl RoutingBackend for FakeKvm {
 
     fn set_gsi_routing(&self, entries: &[kvm_irq_routing_entry]) -> Result<(), errno::Error> {
         let checked = self.check_table(entries);
+        let delay = self.lock().commit_delay;
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
         let mut state = self.lock();
         state.set_routing_calls += 1;
         let result = match (state.fail_next.take(), checked) {

@@ -363,3 +363,32 @@ fn removed_and_dropped_user_routes_leave_nothing_behind() {
     assert!(fake.irqfds().is_empty());
     assert!(fake.committed().is_empty());
 }
+
+#[test]
+fn sint_unmasked_while_its_route_is_added_is_never_lost() {
+    // The guest unmasks SINT0 on its vCPU thread while the VMM adds the route (whose commit
+    // takes 2 ms, like a real one): whichever order the two take, the route must end up armed
+    // with the guest's vector.
+    for round in 0..40 {
+        let (fake, routes) = user(&[(0, 0)]);
+        fake.set_commit_delay(Duration::from_millis(2));
+        let routes = Arc::new(routes);
+        let start = Arc::new(std::sync::Barrier::new(2));
+        let writer = {
+            let (routes, start) = (Arc::clone(&routes), Arc::clone(&start));
+            std::thread::spawn(move || {
+                start.wait();
+                // Land somewhere inside (or around) the add's commit.
+                std::thread::sleep(Duration::from_micros(500 * (round % 6)));
+                routes.sint_changed(VpIndex(0), sint(0), Sint::new(0x50, false, false));
+            })
+        };
+        start.wait();
+        routes.add(&[(VpIndex(0), sint(0))]).unwrap();
+        writer.join().unwrap();
+        routes.raise(VpIndex(0), sint(0), 0x50, false);
+        let got = fake.deliver();
+        assert_eq!(got.len(), 1, "round {round}: unmask lost");
+        assert_eq!(got[0].routes, msi(0, 0x50), "round {round}");
+    }
+}

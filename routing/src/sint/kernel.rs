@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 
 use synic::{RaiseSint, SintIndex, VpIndex};
@@ -42,6 +42,8 @@ pub struct KernelSintRoutes<B: RoutingBackend> {
     table: Arc<RoutingTable<B>>,
     shared: Arc<Shared<B>>,
     thread: Option<JoinHandle<()>>,
+    /// Serialises add and remove (configuration, not the raise path).
+    changes: Mutex<()>,
 }
 
 type RouteMap<B> = HashMap<(VpIndex, SintIndex), Irqfd<B>>;
@@ -105,12 +107,14 @@ impl<B: RoutingBackend> KernelSintRoutes<B> {
             table,
             shared,
             thread: Some(thread),
+            changes: Mutex::new(()),
         })
     }
 
     /// Adds a route for each (VP, SINT) pair: all GSIs and HV_SINT entries in one commit, then
     /// an irqfd with a resamplefd per pair. On error nothing is added.
     pub fn add(&self, pairs: &[(VpIndex, SintIndex)]) -> Result<(), Error> {
+        let _changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
         check_new_pairs(pairs, |p| self.shared.read().contains_key(p))?;
         let gsis: Vec<Gsi> = self.table.update(|tx| {
             pairs
@@ -137,7 +141,7 @@ impl<B: RoutingBackend> KernelSintRoutes<B> {
             });
             if let Some(Err(e)) = watched {
                 drop(routes);
-                let _ = self.remove(&added);
+                let _ = self.remove_locked(&added);
                 return Err(Error::os("epoll_ctl")(e));
             }
         }
@@ -152,6 +156,11 @@ impl<B: RoutingBackend> KernelSintRoutes<B> {
     /// Removes the routes of `pairs` that exist: stops watching their resamplefds, unregisters
     /// their irqfds, then releases their GSIs in one commit.
     pub fn remove(&self, pairs: &[(VpIndex, SintIndex)]) -> Result<(), Error> {
+        let _changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        self.remove_locked(pairs)
+    }
+
+    fn remove_locked(&self, pairs: &[(VpIndex, SintIndex)]) -> Result<(), Error> {
         let mut removed = Vec::new();
         {
             let mut routes = self.shared.write();

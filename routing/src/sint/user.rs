@@ -30,6 +30,8 @@ pub struct UserSintRoutes<B: RoutingBackend> {
     values: Mutex<HashMap<(VpIndex, SintIndex), Sint>>,
     counters: Counters,
     last_error: Mutex<Option<Error>>,
+    /// Serialises add, remove and set_apic_id (configuration, not the raise path).
+    changes: Mutex<()>,
 }
 
 type RouteMap<B> = HashMap<(VpIndex, SintIndex), Arc<UserSint<B>>>;
@@ -93,6 +95,7 @@ impl<B: RoutingBackend> UserSintRoutes<B> {
             values: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             last_error: Mutex::new(None),
+            changes: Mutex::new(()),
         })
     }
 
@@ -113,14 +116,16 @@ impl<B: RoutingBackend> UserSintRoutes<B> {
     /// [`RaiseSint::sint_changed`] reported for the pair (masked if none), so routes can be
     /// added before or after the guest programs its SINTs.
     pub fn add(&self, pairs: &[(VpIndex, SintIndex)]) -> Result<(), Error> {
+        let _changes = lock(&self.changes);
         check_new_pairs(pairs, |p| self.read().contains_key(p))?;
-        let values: Vec<Sint> = {
-            let known = lock(&self.values);
-            pairs
-                .iter()
-                .map(|p| known.get(p).copied().unwrap_or(Sint::RESET))
-                .collect()
-        };
+        // Held until the routes are in the map: a concurrent sint_changed either ran before
+        // (its value is read here) or waits and then finds the route. Without this, a SINT
+        // unmasked while the route was being built would stay disarmed.
+        let known = lock(&self.values);
+        let values: Vec<Sint> = pairs
+            .iter()
+            .map(|p| known.get(p).copied().unwrap_or(Sint::RESET))
+            .collect();
         let targets = pairs
             .iter()
             .zip(&values)
@@ -157,6 +162,7 @@ impl<B: RoutingBackend> UserSintRoutes<B> {
     /// Removes the routes of `pairs` that exist: irqfds unregistered, GSIs released in one
     /// commit.
     pub fn remove(&self, pairs: &[(VpIndex, SintIndex)]) -> Result<(), Error> {
+        let _changes = lock(&self.changes);
         let removed: Vec<_> = {
             let mut routes = self.write();
             pairs.iter().filter_map(|p| routes.remove(p)).collect()
@@ -175,6 +181,7 @@ impl<B: RoutingBackend> UserSintRoutes<B> {
 
     /// Changes the APIC id of `vp` and re-targets its existing routes (one commit).
     pub fn set_apic_id(&self, vp: VpIndex, apic_id: u32) -> Result<(), Error> {
+        let _changes = lock(&self.changes);
         self.apic_ids
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -244,9 +251,17 @@ impl<B: RoutingBackend> RaiseSint for UserSintRoutes<B> {
         }
     }
 
+    /// Follows a rewrite of the pair's SINT register. Calls for one pair are expected from one
+    /// thread at a time (the VP's own, or the host while the VP is stopped).
     fn sint_changed(&self, vp: VpIndex, sint: SintIndex, value: Sint) {
-        lock(&self.values).insert((vp, sint), value);
-        let Some(r) = self.read().get(&(vp, sint)).cloned() else {
+        let route = {
+            // Recording the value and looking up the route under one lock makes this atomic
+            // with respect to `add`.
+            let mut values = lock(&self.values);
+            values.insert((vp, sint), value);
+            self.read().get(&(vp, sint)).cloned()
+        };
+        let Some(r) = route else {
             return;
         };
         let mut state = lock(&r.route);
