@@ -137,10 +137,11 @@ proptest! {
     #[test]
     fn restore_reproduces_every_reachable_state(
         setup in setup(),
+        (source_index, dest_index) in (0u32..4096, 0u32..4096),
         writes in vec((index(), value(), origin()), 0..48),
         follow_up in vec(guest_access(), 0..24),
     ) {
-        let mut source = Machine::new(setup, 0);
+        let mut source = Machine::new(setup, source_index);
         for (index, value, origin) in writes {
             // Refused writes are part of the history too: they must leave no trace.
             let _ = source.wrmsr(index, value, origin);
@@ -148,7 +149,7 @@ proptest! {
         let saved = source.save();
 
         // The destination was created as another vCPU; VP_INDEX restores the index.
-        let mut dest = Machine::new(setup, 1);
+        let mut dest = Machine::new(setup, dest_index);
         dest.restore(&saved);
         prop_assert_eq!(dest.save(), saved);
         prop_assert_eq!(dest.observe(), source.observe());
