@@ -129,9 +129,9 @@ pub enum Error {
         /// What is wrong.
         what: &'static str,
     },
-    /// A saved register value the register model refuses.
-    #[error("saved register refused: {0}")]
-    StateRegister(Gp),
+    /// The register model refused a host write (a saved register value, a VP index).
+    #[error("register write refused: {0}")]
+    RegisterRefused(Gp),
 }
 
 impl Error {

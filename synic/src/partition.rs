@@ -146,7 +146,6 @@ impl<M: GuestAddressSpace> Partition<M> {
     ///
     /// `memory` is the guest's RAM, `raise` where SINT interrupts go, `clock` the reference
     /// clock behind `TIME_REF_COUNT`.
-    #[allow(clippy::type_complexity)]
     pub fn new(
         config: PartitionConfig,
         memory: M,

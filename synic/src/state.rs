@@ -91,7 +91,7 @@ impl<M: GuestAddressSpace> Partition<M> {
         fresh
             .write(Msr::GuestOsId, state.guest_os_id, Origin::Host)
             .and_then(|_| fresh.write(Msr::Hypercall, state.hypercall, Origin::Host))
-            .map_err(Error::StateRegister)?;
+            .map_err(Error::RegisterRefused)?;
         *self.registers() = fresh;
         self.set_reference_time(state.reference_time);
         Ok(())
@@ -173,7 +173,7 @@ impl<M: GuestAddressSpace> Vp<M> {
                         .ok_or(mismatch("a saved register is not a per-VP register"))?;
                     let out = regs
                         .write(msr, value, Origin::Host)
-                        .map_err(Error::StateRegister)?;
+                        .map_err(Error::RegisterRefused)?;
                     debug_assert!(!matches!(out.change, Change::VpIndex { .. }));
                 }
                 PageRegs::of(&regs)

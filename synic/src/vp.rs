@@ -165,6 +165,37 @@ impl<M: GuestAddressSpace> Vp<M> {
         Ok(MsrWrite { outcome, action })
     }
 
+    /// Sets the VP index, as a VMM does before the guest runs (KVM: a host write of
+    /// VP_INDEX). Userspace mode: the same as a host WRMSR of VP_INDEX. Kernel mode: tells the
+    /// model the value the VMM gave KVM, so posts and raises use it. Refused when another VP
+    /// has the index.
+    pub fn set_index(&mut self, index: VpIndex) -> Result<(), Error> {
+        match self.partition.config().mode {
+            Mode::Userspace => {
+                match self.wrmsr(index::VP_INDEX, u64::from(index.0), Origin::Host) {
+                    Ok(_) => Ok(()),
+                    Err(MsrError::Gp(gp)) => Err(Error::RegisterRefused(gp)),
+                    Err(MsrError::Refused { error, .. }) => Err(error),
+                    Err(MsrError::KernelMode { .. }) => Err(Error::WrongMode {
+                        mode: Mode::Userspace,
+                    }),
+                }
+            }
+            Mode::Kernel => {
+                let partition = Arc::clone(&self.partition);
+                let _serial = partition
+                    .vp_index_lock
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if partition.shared(index).is_ok() && self.index() != index {
+                    return Err(Error::VpIndexInUse { index: index.0 });
+                }
+                self.shared().set_index(index.0);
+                Ok(())
+            }
+        }
+    }
+
     fn write_vp_index(&mut self, value: u64, origin: Origin) -> Result<MsrWrite, MsrError> {
         let partition = Arc::clone(&self.partition);
         let _serial = partition

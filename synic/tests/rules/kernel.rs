@@ -102,3 +102,17 @@ fn tlfs_profile_in_kernel_mode_gates_on_the_reported_scontrol() {
         .unwrap();
     assert_eq!(h.post(0, 0, 1), Posted::Delivered);
 }
+
+#[test]
+fn kernel_mode_vp_index_follows_what_the_vmm_set() {
+    let mut h = kernel(Profile::Kvm);
+    enable(&mut h, 1);
+    assert_eq!(
+        h.vps[1].set_index(VpIndex(0)),
+        Err(Error::VpIndexInUse { index: 0 })
+    );
+    h.vps[1].set_index(VpIndex(42)).unwrap();
+    assert_eq!(h.post(42, 0, 1), Posted::Delivered);
+    assert_eq!(id_of(&h.slot(1, 0)), 1);
+    assert_eq!(h.raised()[0].0, VpIndex(42));
+}

@@ -97,6 +97,13 @@ fn host_vp_index_write_moves_the_vp_and_refuses_duplicates() {
     assert_eq!(h.partition.vp_indices(), vec![VpIndex(0), VpIndex(7)]);
     // The guest cannot write it.
     assert!(h.vps[1].wrmsr(index::VP_INDEX, 3, Origin::Guest).is_err());
+    // The VMM's convenience form is the same host write.
+    h.vps[1].set_index(VpIndex(8)).unwrap();
+    assert_eq!(h.vps[1].rdmsr(index::VP_INDEX, Origin::Host).unwrap(), 8);
+    assert_eq!(
+        h.vps[1].set_index(VpIndex(0)),
+        Err(Error::VpIndexInUse { index: 0 })
+    );
 }
 
 #[test]

@@ -139,7 +139,7 @@ fn restore_refuses_state_that_does_not_fit() {
     s.registers.push((index::SVERSION, 2)); // but SVERSION 2 is not
     assert!(matches!(
         dst.vps[0].restore(&s),
-        Err(Error::StateRegister(_))
+        Err(Error::RegisterRefused(_))
     ));
     let mut s = good.clone();
     s.registers.push((index::GUEST_OS_ID, 1));
