@@ -171,6 +171,12 @@ impl<M: GuestAddressSpace> Vp<M> {
                     let msr = Msr::from_index(msr_index)
                         .filter(|m| m.scope() == Scope::Vp && *m != Msr::VpIndex)
                         .ok_or(mismatch("a saved register is not a per-VP register"))?;
+                    // A value the fresh register already holds needs no write (and a KVM SynIC
+                    // that was never activated refuses non-zero host writes, even of its own
+                    // reset values).
+                    if regs.read(msr, Origin::Host) == Ok(value) {
+                        continue;
+                    }
                     let out = regs
                         .write(msr, value, Origin::Host)
                         .map_err(Error::RegisterRefused)?;
@@ -205,11 +211,23 @@ impl<M: GuestAddressSpace> Vp<M> {
                 index: state.vp_index,
             });
         }
-        self.regs = regs;
         let shared = partition.vp_at(self.slot);
-        shared.set_index(state.vp_index);
         {
             let mut all = shared.lock_all();
+            // Messages posted to this VP before the restore (there should be none) stay, behind
+            // the older saved ones; if they do not fit, nothing is restored.
+            let fits = all
+                .guards
+                .iter()
+                .zip(&state.queues)
+                .all(|(st, saved)| st.queue.len() + saved.len() <= config.queue_capacity);
+            if !fits {
+                return Err(mismatch(
+                    "saved and already queued messages exceed the capacity",
+                ));
+            }
+            self.regs = regs;
+            shared.set_index(state.vp_index);
             shared.set_page_regs(&all, page_regs);
             for ((sint, st), saved) in SintIndex::ALL
                 .into_iter()
@@ -217,8 +235,9 @@ impl<M: GuestAddressSpace> Vp<M> {
                 .zip(&state.queues)
             {
                 st.sint = self.regs.sint(sint);
-                st.queue.clear();
-                st.queue.extend(saved.iter().copied());
+                for (i, m) in saved.iter().enumerate() {
+                    st.queue.insert(i, *m);
+                }
             }
         }
         if config.mode == Mode::Userspace {

@@ -202,3 +202,48 @@ fn partition_reset_clears_guest_os_id_and_hypercall() {
     );
     assert_eq!(h.vps[0].rdmsr(index::HYPERCALL, Origin::Guest).unwrap(), 0);
 }
+
+#[test]
+fn restore_keeps_messages_posted_before_it_behind_the_saved_ones() {
+    let mut src = Harness::with_config(config(Mode::Userspace));
+    src.enable(0);
+    for id in 0..3 {
+        src.post(0, 0, id);
+    }
+    let state = src.vps[0].save();
+    let mut dst = Harness::with_memory(config(Mode::Userspace), copy_memory(&src.mem));
+    // The fresh model's SIMP is still disabled: this one waits in the queue.
+    dst.wrmsr(0, index::SCONTROL, 1);
+    dst.post(0, 0, 100);
+    dst.vps[0].restore(&state).unwrap();
+    let mut got = Vec::new();
+    while let Some(id) = dst.isr(0, 0) {
+        got.push(id);
+    }
+    assert_eq!(got, vec![0, 1, 2, 100]);
+    // Too many to fit: refused, nothing changed.
+    let mut full = Harness::with_config(config(Mode::Userspace));
+    full.wrmsr(0, index::SCONTROL, 1);
+    for id in 0..3 {
+        full.post(0, 0, id);
+    }
+    assert!(matches!(
+        full.vps[0].restore(&state),
+        Err(Error::StateMismatch { .. })
+    ));
+    assert_eq!(full.counters(0, 0).queued, 3);
+}
+
+#[test]
+fn a_never_activated_kvm_synic_round_trips() {
+    let kconfig = PartitionConfig {
+        kvm_synic: None,
+        ..PartitionConfig::new(Mode::Userspace, Profile::Kvm, 1)
+    };
+    let src = Harness::with_config(kconfig);
+    let state = src.vps[0].save();
+    assert_eq!(state.kvm_synic, None);
+    let mut dst = Harness::with_config(kconfig);
+    dst.vps[0].restore(&state).unwrap();
+    assert_eq!(dst.vps[0].save(), state);
+}
