@@ -447,3 +447,128 @@ fn slot_release_racing_a_post_never_strands_a_message() {
     assert_eq!(tally.received, 2 * rounds);
     assert_eq!((tally.duplicated, tally.reordered), (0, 0));
 }
+
+/// Event flags under contention: device threads signal random flags while the guest thread
+/// takes the interrupts and clears the flags with atomic swaps. Every 0 -> 1 transition the
+/// model reports must be one interrupt and exactly one flag the guest later clears; every other
+/// signal must have found its flag already set.
+#[test]
+fn concurrent_event_flags_are_each_seen_once() {
+    use std::sync::atomic::AtomicU64 as Word;
+
+    const SIEFP: u64 = 0x3_0000;
+    let signals = env("SYNIC_STRESS_MESSAGES", 100_000);
+    let mem = new_memory();
+    let apic = Arc::new(GuestApic::default());
+    let counted = Arc::new(CountingApic {
+        inner: Arc::clone(&apic),
+        raises: AtomicU64::new(0),
+    });
+    let config = PartitionConfig::new(Mode::Userspace, Profile::Tlfs, 1);
+    let (partition, mut vps) = Partition::new(
+        config,
+        mem.clone(),
+        counted.clone(),
+        Arc::new(SystemReferenceClock::new()),
+    )
+    .unwrap();
+    let mut vp = vps.pop().unwrap();
+    for sint in 0..SINTS {
+        vp.wrmsr(index::SINT0 + sint, 0x40 + u64::from(sint), Origin::Guest)
+            .unwrap();
+    }
+    for (msr, value) in [(index::SIEFP, SIEFP | 1), (index::SCONTROL, 1)] {
+        vp.wrmsr(msr, value, Origin::Guest).unwrap();
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    // The guest: on an interrupt for a SINT, swap each of its 32 flag words to 0 and count.
+    let sweep = |mem: &Space, sint: u32| -> u64 {
+        let base = SIEFP + 256 * u64::from(sint);
+        (0..32u64)
+            .map(|w| {
+                let word = common::with_guest_word(mem, base + 8 * w, |x: &Word| {
+                    x.swap(0, Ordering::SeqCst)
+                });
+                u64::from(word.count_ones())
+            })
+            .sum()
+    };
+    let guest = {
+        let (mem, apic, done) = (mem.clone(), Arc::clone(&apic), Arc::clone(&done));
+        thread::spawn(move || {
+            let mut seen = 0u64;
+            while !done.load(Ordering::SeqCst) {
+                let raised = apic.raised.swap(0, Ordering::SeqCst);
+                if raised == 0 {
+                    thread::park_timeout(Duration::from_millis(1));
+                }
+                for sint in 0..SINTS {
+                    if raised & (1 << sint) != 0 {
+                        seen += sweep(&mem, sint);
+                    }
+                }
+            }
+            // Whatever is still set had its interrupt raised too.
+            seen + (0..SINTS).map(|s| sweep(&mem, s)).sum::<u64>()
+        })
+    };
+    apic.guest.set(guest.thread().clone()).unwrap();
+    let per = signals / 4;
+    let signallers: Vec<_> = (0..4u64)
+        .map(|p| {
+            let partition = Arc::clone(&partition);
+            thread::spawn(move || {
+                let (mut set, mut coalesced) = (0u64, 0u64);
+                let mut x = p.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                for _ in 0..per {
+                    // xorshift: flags spread over 4 SINTs x 64 flags so some collide.
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let (sint, flag) = ((x % u64::from(SINTS)) as u32, ((x >> 8) % 64) as u32);
+                    match partition.signal_event(VpIndex(0), sint, flag).unwrap() {
+                        synic::FlagOutcome::Set => set += 1,
+                        synic::FlagOutcome::AlreadySet => coalesced += 1,
+                    }
+                }
+                (set, coalesced)
+            })
+        })
+        .collect();
+    let (mut set, mut coalesced) = (0, 0);
+    for s in signallers {
+        let (a, b) = s.join().unwrap();
+        set += a;
+        coalesced += b;
+    }
+    done.store(true, Ordering::SeqCst);
+    guest.thread().unpark();
+    let seen = guest.join().unwrap();
+    let t = partition.counters(VpIndex(0)).unwrap().total();
+    eprintln!(
+        "event flags: {} signals, {set} set, {coalesced} coalesced, guest cleared {seen}, \
+         raises {}",
+        4 * per,
+        counted.raises.load(Ordering::SeqCst)
+    );
+    assert_eq!(set + coalesced, 4 * per);
+    assert_eq!((t.flags_set, t.flags_coalesced), (set, coalesced));
+    assert_eq!(
+        seen, set,
+        "each 0 -> 1 transition is cleared by the guest exactly once"
+    );
+    assert_eq!(counted.raises.load(Ordering::SeqCst), set);
+}
+
+/// Counts raises, then passes them on.
+struct CountingApic {
+    inner: Arc<GuestApic>,
+    raises: AtomicU64,
+}
+
+impl RaiseSint for CountingApic {
+    fn raise(&self, vp: VpIndex, sint: SintIndex, vector: u8, auto_eoi: bool) {
+        self.raises.fetch_add(1, Ordering::SeqCst);
+        self.inner.raise(vp, sint, vector, auto_eoi);
+    }
+}

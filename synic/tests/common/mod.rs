@@ -197,6 +197,21 @@ fn with_slot<R>(
     f(ty, flags, &slice)
 }
 
+/// Runs `f` on the naturally aligned guest word at `gpa`, as the guest's atomics see it.
+pub fn with_guest_word<T: vm_memory::AtomicInteger, R>(
+    mem: &Mem,
+    gpa: u64,
+    f: impl FnOnce(&T) -> R,
+) -> R {
+    let len = std::mem::size_of::<T>();
+    let slice = GuestMemory::get_slices(mem, GuestAddress(gpa), len, Permissions::ReadWrite)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    f(slice.get_atomic_ref::<T>(0).unwrap())
+}
+
 /// The end of a TLFS ISR: clear the type, full fence, read MessagePending (set: write EOM).
 pub fn guest_free_slot(mem: &Mem, slot_gpa: u64) -> bool {
     with_slot(mem, slot_gpa, |ty, flags, _| {
