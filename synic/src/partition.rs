@@ -346,6 +346,9 @@ impl<M: GuestAddressSpace> Partition<M> {
             Ok(step) => {
                 st.counters.posted += 1;
                 match step {
+                    // If the guest freed the slot again right after the pre-drain filled it,
+                    // this is a second delivery; one raise (same SINT, same vector) after both
+                    // publishes tells the guest about both, like an APIC coalescing two edges.
                     Step::Delivered(i) => {
                         *interrupt = i;
                         Ok(if first {
