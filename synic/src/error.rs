@@ -2,20 +2,9 @@
 
 use synic_msr::Gp;
 
+use crate::hypercall::HvStatus;
 use crate::message::HvMessage;
 use crate::{SintIndex, VpIndex};
-
-/// Hyper-V hypercall status codes the errors map to (see [`Error::hv_status`]).
-pub mod hv_status {
-    /// `HV_STATUS_INVALID_PARAMETER`.
-    pub const INVALID_PARAMETER: u16 = 0x5;
-    /// `HV_STATUS_INVALID_VP_INDEX`.
-    pub const INVALID_VP_INDEX: u16 = 0xE;
-    /// `HV_STATUS_INSUFFICIENT_BUFFERS`.
-    pub const INSUFFICIENT_BUFFERS: u16 = 0x13;
-    /// `HV_STATUS_INVALID_SYNIC_STATE`.
-    pub const INVALID_SYNIC_STATE: u16 = 0x18;
-}
 
 /// Why the model refused a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -137,15 +126,15 @@ pub enum Error {
 impl Error {
     /// The hypercall status a hypercall layer answers for this error (HvPostMessage,
     /// HvSignalEvent). Errors a guest cannot cause map to `INVALID_PARAMETER`.
-    pub const fn hv_status(&self) -> u16 {
+    pub const fn hv_status(&self) -> HvStatus {
         match self {
-            Error::InvalidVpIndex { .. } => hv_status::INVALID_VP_INDEX,
-            Error::QueueFull { .. } => hv_status::INSUFFICIENT_BUFFERS,
+            Error::InvalidVpIndex { .. } => HvStatus::InvalidVpIndex,
+            Error::QueueFull { .. } => HvStatus::InsufficientBuffers,
             Error::SynicDisabled { .. }
             | Error::EventFlagsPageDisabled { .. }
             | Error::SintMasked { .. }
-            | Error::PageNotInRam { .. } => hv_status::INVALID_SYNIC_STATE,
-            _ => hv_status::INVALID_PARAMETER,
+            | Error::PageNotInRam { .. } => HvStatus::InvalidSynicState,
+            _ => HvStatus::InvalidParameter,
         }
     }
 }

@@ -43,6 +43,7 @@ mod counters;
 mod delivery;
 mod error;
 mod events;
+pub mod hypercall;
 pub mod message;
 mod page;
 mod partition;
@@ -53,8 +54,9 @@ mod vp;
 
 pub use clock::{FakeReferenceClock, ReferenceClock, SystemReferenceClock};
 pub use counters::{SintCounters, VpCounters};
-pub use error::{hv_status, Error, MsrError, PostError};
+pub use error::{Error, MsrError, PostError};
 pub use events::FlagOutcome;
+pub use hypercall::HvStatus;
 pub use message::{HvMessage, MessageFlags, MessageHeader, MessageType};
 pub use partition::{
     Acked, Partition, PartitionConfig, Posted, SynicView, DEFAULT_QUEUE_CAPACITY, MAX_VPS,

@@ -104,7 +104,7 @@ fn masked_sint_refuses_flags() {
     assert!(!h.flag_is_set(0, 3, 0));
     assert_eq!(
         signal(&h, 3, 0).unwrap_err().hv_status(),
-        synic::hv_status::INVALID_SYNIC_STATE
+        synic::HvStatus::InvalidSynicState
     );
 }
 
