@@ -25,6 +25,10 @@ pub(crate) struct SintState {
     pub(crate) queue: VecDeque<HvMessage>,
     /// How many messages `queue` may hold.
     pub(crate) capacity: usize,
+    /// Synthetic timers (bit n = STIMERn) with an expiry waiting for this SINT's slot. A
+    /// message delivered while any is set carries MessagePending, so the guest writes EOM
+    /// and the expiry gets its turn (see `timers`).
+    pub(crate) timer_waiting: u8,
     /// Statistics.
     pub(crate) counters: SintCounters,
 }
@@ -35,6 +39,7 @@ impl SintState {
             sint: Sint::RESET,
             queue: VecDeque::with_capacity(capacity),
             capacity,
+            timer_waiting: 0,
             counters: SintCounters::default(),
         }
     }
@@ -111,30 +116,40 @@ pub(crate) enum Step {
     Delivered(Option<Interrupt>),
 }
 
-/// Tries to move the oldest queued message into the slot.
+/// What one attempt to write a message into a slot did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SlotStep {
+    /// Not written: SynIC or message page disabled.
+    Held,
+    /// Not written: the slot is busy; MessagePending is set, the guest will EOM.
+    Busy,
+    /// Written and published.
+    Written,
+}
+
+/// Writes `message` into `sint`'s slot if the slot is free (TLFS slot protocol), with
+/// MessagePending set in it when `more` says something else waits behind it.
 ///
-/// Slot protocol (TLFS): a slot is free when its `message_type` is None. A busy slot gets
-/// MessagePending set atomically and its type re-read: the guest clears the type and then reads
-/// MessagePending, we set MessagePending and then re-read the type, so at least one side sees
-/// the other's write — either we find the slot free now, or the guest sees MessagePending and
-/// writes EOM. When more messages remain queued behind the delivered one, the delivered
-/// message carries MessagePending already (allowed by the TLFS; it saves the guest an interrupt
-/// round-trip before it EOMs).
-pub(crate) fn deliver_one<G: GuestMemory + ?Sized>(
+/// A slot is free when its `message_type` is None. A busy slot gets MessagePending set
+/// atomically and its type re-read: the guest clears the type and then reads MessagePending,
+/// we set MessagePending and then re-read the type, so at least one side sees the other's
+/// write — either we find the slot free now, or the guest sees MessagePending and writes EOM.
+/// Setting MessagePending on a message delivered while more wait is allowed by the TLFS; it
+/// saves the guest an interrupt round-trip before it EOMs.
+pub(crate) fn write_slot<G: GuestMemory + ?Sized>(
     mem: &G,
     policy: Policy,
     regs: PageRegs,
     sint: SintIndex,
     st: &mut SintState,
-) -> Result<Step, Error> {
-    let Some(front) = st.queue.front() else {
-        return Ok(Step::Empty);
-    };
+    message: &HvMessage,
+    more: bool,
+) -> Result<SlotStep, Error> {
     if !policy.synic_enabled(regs.scontrol) {
-        return Ok(Step::Held);
+        return Ok(SlotStep::Held);
     }
     let Some(gpa) = PageRegister(regs.simp).enabled_gpa() else {
-        return Ok(Step::Held);
+        return Ok(SlotStep::Held);
     };
     let page = match page::resolve(mem, gpa) {
         Ok(page) => page,
@@ -150,20 +165,43 @@ pub(crate) fn deliver_one<G: GuestMemory + ?Sized>(
             st.counters.pending_sets += 1;
         }
         if page.slot_type(sint, Ordering::SeqCst)? != 0 {
-            return Ok(Step::Busy);
+            return Ok(SlotStep::Busy);
         }
     }
-    let mut message = *front;
-    let more = st.queue.len() > 1;
+    let mut message = *message;
     message.header.message_flags = MessageFlags(if more { MessageFlags::PENDING } else { 0 });
     message.header.reserved = [0; 2];
     page.publish(sint, &message)?;
-    st.queue.pop_front();
     st.counters.delivered += 1;
     if more {
         st.counters.pending_sets += 1;
     }
-    Ok(Step::Delivered(policy.interrupt(st.sint)))
+    Ok(SlotStep::Written)
+}
+
+/// Tries to move the oldest queued message into the slot ([`write_slot`]). It carries
+/// MessagePending when more messages remain queued or a timer expiry waits for the slot.
+pub(crate) fn deliver_one<G: GuestMemory + ?Sized>(
+    mem: &G,
+    policy: Policy,
+    regs: PageRegs,
+    sint: SintIndex,
+    st: &mut SintState,
+) -> Result<Step, Error> {
+    let Some(&front) = st.queue.front() else {
+        return Ok(Step::Empty);
+    };
+    let more = st.queue.len() > 1 || st.timer_waiting != 0;
+    Ok(
+        match write_slot(mem, policy, regs, sint, st, &front, more)? {
+            SlotStep::Held => Step::Held,
+            SlotStep::Busy => Step::Busy,
+            SlotStep::Written => {
+                st.queue.pop_front();
+                Step::Delivered(policy.interrupt(st.sint))
+            }
+        },
+    )
 }
 
 #[cfg(test)]

@@ -49,7 +49,9 @@ mod page;
 mod partition;
 mod shared;
 mod state;
+mod stimer;
 pub mod testing;
+mod timers;
 mod vp;
 
 pub use clock::{FakeReferenceClock, ReferenceClock, SystemReferenceClock};
@@ -57,12 +59,14 @@ pub use counters::{SintCounters, VpCounters};
 pub use error::{Error, MsrError, PostError};
 pub use events::FlagOutcome;
 pub use hypercall::HvStatus;
-pub use message::{HvMessage, MessageFlags, MessageHeader, MessageType};
+pub use message::{HvMessage, MessageFlags, MessageHeader, MessageType, TimerMessagePayload};
 pub use partition::{
     Acked, Partition, PartitionConfig, Posted, SynicView, DEFAULT_QUEUE_CAPACITY, MAX_VPS,
 };
 pub use state::{PartitionState, VpState, STATE_VERSION};
+pub use stimer::{StimerCounters, StimerState, MAX_CATCH_UP_PERIODS};
 pub use synic_msr::{Sint, SintIndex, VpIndex};
+pub use timers::TimerPoll;
 pub use vp::{MsrWrite, SynicExit, VmmAction, Vp};
 
 /// Who owns the SynIC registers of a partition.
@@ -91,6 +95,15 @@ pub trait RaiseSint: Send + Sync {
     /// vector in step with it. The default does nothing.
     fn sint_changed(&self, vp: VpIndex, sint: SintIndex, value: Sint) {
         let _ = (vp, sint, value);
+    }
+
+    /// Raises `vector` on `vp` as a fixed edge interrupt, with no SINT involved: a direct-mode
+    /// synthetic timer expired (`STIMERn_CONFIG.DirectMode`, `ApicVector`). Userspace-mode
+    /// routing sends an MSI to the VP's local APIC. The default drops it: a VMM whose raise
+    /// does not implement this must not advertise direct-mode timers (CPUID 0x4000_0003 EDX
+    /// bit 19).
+    fn raise_vector(&self, vp: VpIndex, vector: u8) {
+        let _ = (vp, vector);
     }
 }
 

@@ -253,6 +253,42 @@ impl fmt::Debug for EventFlagsPage {
     }
 }
 
+/// The payload of an `HVMSG_TIMER_EXPIRED` message (`HV_TIMER_MESSAGE_PAYLOAD`, 24 bytes).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct TimerMessagePayload {
+    /// The synthetic timer (0..=3) that expired.
+    pub timer_index: u32,
+    /// Reserved, 0.
+    pub reserved: u32,
+    /// When the timer was due (100 ns reference time). A periodic timer's n-th expiry is due
+    /// at its start + n x period.
+    pub expiration_time: u64,
+    /// When the message was written into the slot (100 ns reference time).
+    pub delivery_time: u64,
+}
+
+impl TimerMessagePayload {
+    /// The payload of a message, if it is a timer-expired message with a 24-byte payload.
+    pub fn of(message: &HvMessage) -> Option<Self> {
+        if message.header.message_type != MessageType::TIMER_EXPIRED {
+            return None;
+        }
+        Self::read_from_bytes(message.payload_bytes()).ok()
+    }
+
+    /// The whole message, as a synthetic timer sends it (sender 0).
+    pub fn message(&self) -> HvMessage {
+        let mut message = HvMessage::new_zeroed();
+        message.header.message_type = MessageType::TIMER_EXPIRED;
+        message.header.payload_size = size_of::<Self>() as u8;
+        message.payload[..size_of::<Self>()].copy_from_slice(self.as_bytes());
+        message
+    }
+}
+
 /// Offset of SINT `sint`'s slot in the message page.
 pub const fn slot_offset(sint: SintIndex) -> usize {
     sint.as_usize() * MESSAGE_SIZE
@@ -275,6 +311,9 @@ const _: () = assert!(size_of::<HvMessage>() == MESSAGE_SIZE);
 const _: () = assert!(size_of::<MessagePage>() == PAGE_SIZE);
 const _: () = assert!(size_of::<SintEventFlags>() == FLAG_BYTES_PER_SINT);
 const _: () = assert!(size_of::<EventFlagsPage>() == PAGE_SIZE);
+const _: () = assert!(size_of::<TimerMessagePayload>() == 24);
+const _: () = assert!(offset_of!(TimerMessagePayload, expiration_time) == 8);
+const _: () = assert!(offset_of!(TimerMessagePayload, delivery_time) == 16);
 const _: () = assert!(TYPE_OFFSET == 0);
 const _: () = assert!(offset_of!(MessageHeader, payload_size) == 4);
 const _: () = assert!(FLAGS_OFFSET == 5);
@@ -284,6 +323,27 @@ const _: () = assert!(offset_of!(HvMessage, payload) == MESSAGE_HEADER_SIZE);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timer_message_matches_the_tlfs_layout() {
+        let p = TimerMessagePayload {
+            timer_index: 2,
+            reserved: 0,
+            expiration_time: 0x1122_3344_5566_7788,
+            delivery_time: 0x99AA_BBCC_DDEE_FF00,
+        };
+        let m = p.message();
+        let bytes = m.as_bytes();
+        assert_eq!(&bytes[0..4], &0x8000_0010u32.to_le_bytes());
+        assert_eq!(bytes[4], 24);
+        assert_eq!(&bytes[16..20], &2u32.to_le_bytes());
+        assert_eq!(&bytes[20..24], &[0; 4]);
+        assert_eq!(&bytes[24..32], &0x1122_3344_5566_7788u64.to_le_bytes());
+        assert_eq!(&bytes[32..40], &0x99AA_BBCC_DDEE_FF00u64.to_le_bytes());
+        assert!(bytes[40..].iter().all(|&b| b == 0));
+        assert_eq!(TimerMessagePayload::of(&m), Some(p));
+        assert_eq!(TimerMessagePayload::of(&HvMessage::default()), None);
+    }
 
     #[test]
     fn message_layout_matches_the_tlfs_bytes() {

@@ -373,6 +373,8 @@ impl<M: GuestAddressSpace> Partition<M> {
     pub fn ack(&self, vp: VpIndex, sint: impl IntoSint) -> Result<Acked, Error> {
         let sint = sint.into_sint()?;
         let shared = self.shared(vp)?;
+        // A timer expiry waiting for the slot gets it first (see `redeliver_all`).
+        self.service_timers(shared);
         let mut interrupt = None;
         let result = {
             let mut st = shared.lock(sint);
@@ -393,7 +395,12 @@ impl<M: GuestAddressSpace> Partition<M> {
 
     /// Retries delivery on every SINT of a VP (EOM, page enable, SynIC enable, restore).
     /// Page errors are counted, not returned: the guest's EOM itself was valid.
+    ///
+    /// Timer expiries waiting for a slot go first: a timer holds at most one expiry at a
+    /// time, so it cannot starve queued messages, while a steady stream of posts could
+    /// otherwise take every freed slot from a waiting timer.
     pub(crate) fn redeliver_all(&self, shared: &VpShared) {
+        self.service_timers(shared);
         let mem = self.memory.memory();
         for sint in SintIndex::ALL {
             let interrupt = {

@@ -5,6 +5,10 @@
 //! SIMP, SIEFP) are written only while holding all 16 SINT locks of the VP and read while
 //! holding any one of them, so a page move or disable cannot overlap a slot write to the old
 //! page, and the atomics below need no ordering of their own (the mutexes provide it).
+//!
+//! The VP's synthetic timers live here too, behind one timer mutex per VP: the timer thread
+//! services them while the vCPU thread owns its `Vp`. Lock order: the timer mutex before any
+//! SINT lock, never the other way round.
 
 use std::array;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -14,6 +18,7 @@ use synic_msr::index::SINT_COUNT;
 
 use crate::counters::VpCounters;
 use crate::delivery::{PageRegs, SintState};
+use crate::timers::Timers;
 use crate::{SintIndex, VpIndex};
 
 /// Device-thread-visible state of one VP.
@@ -25,6 +30,10 @@ pub(crate) struct VpShared {
     siefp: AtomicU64,
     sints: [Mutex<SintState>; SINT_COUNT],
     eoms: AtomicU64,
+    timers: Mutex<Timers>,
+    /// The earliest reference time at which a timer of this VP needs servicing (`u64::MAX`:
+    /// none). Written under the timer mutex, read without it by the timer thread's poll.
+    timer_deadline: AtomicU64,
 }
 
 /// All 16 SINT locks of one VP, taken in SINT order (the only place more than one is held, so
@@ -42,7 +51,25 @@ impl VpShared {
             siefp: AtomicU64::new(regs.siefp),
             sints: array::from_fn(|_| Mutex::new(SintState::new(capacity))),
             eoms: AtomicU64::new(0),
+            timers: Mutex::new(Timers::default()),
+            timer_deadline: AtomicU64::new(u64::MAX),
         }
+    }
+
+    /// Locks the VP's timers; take it before any SINT lock. Poisoning is recovered as for the
+    /// SINT locks.
+    pub(crate) fn lock_timers(&self) -> MutexGuard<'_, Timers> {
+        self.timers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The earliest time a timer needs servicing (`u64::MAX`: none).
+    pub(crate) fn timer_deadline(&self) -> u64 {
+        self.timer_deadline.load(Ordering::Acquire)
+    }
+
+    /// Publishes the timers' next deadline; requires the timer lock (the guard is the proof).
+    pub(crate) fn set_timer_deadline(&self, _held: &MutexGuard<'_, Timers>, deadline: u64) {
+        self.timer_deadline.store(deadline, Ordering::Release);
     }
 
     /// The VP index (changed only by a host write of VP_INDEX).

@@ -2,25 +2,31 @@
 //!
 //! A VP's state is its registers (userspace mode: every per-VP register; kernel mode: the
 //! SCONTROL/SIEFP/SIMP values the model learned from exits, since KVM saves its own) and the
-//! messages still queued per SINT. What sits in the slots and the flags pages is guest memory
-//! and travels with it. Restore into a fresh model after guest memory is in place: it retries
-//! every SINT, so delivery continues where the source stopped.
+//! messages still queued per SINT, plus (userspace mode) each synthetic timer's schedule. What
+//! sits in the slots and the flags pages is guest memory and travels with it. Restore into a
+//! fresh model after guest memory is in place: it retries every SINT and every waiting timer
+//! expiry, so delivery continues where the source stopped.
 
 use std::sync::PoisonError;
 
-use synic_msr::index::{self, SINT_COUNT};
-use synic_msr::{Change, KvmSynic, Msr, Origin, PartitionRegisters, Profile, Scope};
+use synic_msr::index::{self, SINT_COUNT, STIMER_COUNT};
+use synic_msr::{Change, KvmSynic, Msr, Origin, PartitionRegisters, Profile, Scope, StimerIndex};
 use vm_memory::GuestAddressSpace;
 
 use crate::delivery::PageRegs;
 use crate::error::Error;
 use crate::message::HvMessage;
 use crate::partition::Partition;
+use crate::stimer::StimerState;
 use crate::vp::Vp;
 use crate::{Mode, SintIndex, VpIndex};
 
-/// Version of [`VpState`] and [`PartitionState`] this build writes and reads.
-pub const STATE_VERSION: u32 = 1;
+/// Version of [`VpState`] and [`PartitionState`] this build writes. It also reads version 1
+/// (before synthetic timers): such a VP's enabled timers restart their schedule at the restore.
+pub const STATE_VERSION: u32 = 2;
+
+/// The oldest state version this build reads.
+const OLDEST_VERSION: u32 = 1;
 
 /// One VP's saved state.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +46,10 @@ pub struct VpState {
     pub registers: Vec<(u32, u64)>,
     /// Per SINT (16 entries), the messages accepted and not yet in the slot, oldest first.
     pub queues: Vec<Vec<HvMessage>>,
+    /// Userspace mode: the schedule of STIMER0..3 (4 entries; their registers are in
+    /// `registers`), including an expiry that is due and waits for its slot. Kernel mode (KVM
+    /// runs the timers) and version 1: empty.
+    pub timers: Vec<StimerState>,
 }
 
 /// The partition-wide saved state.
@@ -56,7 +66,7 @@ pub struct PartitionState {
 }
 
 fn check_version(version: u32) -> Result<(), Error> {
-    if version != STATE_VERSION {
+    if !(OLDEST_VERSION..=STATE_VERSION).contains(&version) {
         return Err(Error::UnsupportedStateVersion {
             version,
             expected: STATE_VERSION,
@@ -82,8 +92,22 @@ impl<M: GuestAddressSpace> Partition<M> {
     }
 
     /// Restores the partition-wide registers, and makes the reference time continue from the
-    /// saved value. The hypercall page itself is guest memory and needs no refill.
+    /// saved value (as if no time passed while the partition was saved). The hypercall page
+    /// itself is guest memory and needs no refill.
     pub fn restore(&self, state: &PartitionState) -> Result<(), Error> {
+        self.restore_with_downtime(state, 0)
+    }
+
+    /// [`restore`](Self::restore), with the reference time continuing from the saved value
+    /// plus `downtime` (100 ns units): the time the VMM declares the partition was away. The
+    /// guest's `TIME_REF_COUNT` never goes backwards across the migration and jumps by exactly
+    /// the declared downtime (plus whatever runs between this call and the guest's next read).
+    /// Restore the partition before its VPs: timer schedules are absolute reference times.
+    pub fn restore_with_downtime(
+        &self,
+        state: &PartitionState,
+        downtime: u64,
+    ) -> Result<(), Error> {
         check_version(state.version)?;
         let config = self.config();
         let mut fresh =
@@ -93,7 +117,7 @@ impl<M: GuestAddressSpace> Partition<M> {
             .and_then(|_| fresh.write(Msr::Hypercall, state.hypercall, Origin::Host))
             .map_err(Error::RegisterRefused)?;
         *self.registers() = fresh;
-        self.set_reference_time(state.reference_time);
+        self.set_reference_time(state.reference_time.saturating_add(downtime));
         Ok(())
     }
 
@@ -104,17 +128,32 @@ impl<M: GuestAddressSpace> Partition<M> {
 }
 
 impl<M: GuestAddressSpace> Vp<M> {
-    /// Saves the VP: registers and queued messages. Take it with the vCPU stopped; device
-    /// threads may keep posting (a message posted after the save is not in it).
+    /// Saves the VP: registers, queued messages, timer schedules. Take it with the vCPU and
+    /// the timer thread stopped; device threads may keep posting (a message posted after the
+    /// save is not in it).
     pub fn save(&self) -> VpState {
         let config = *self.partition.config();
         let shared = self.shared();
+        // Lock order: timers, then SINTs. Holding both makes the snapshot atomic with respect
+        // to an expiry being written into a slot.
+        let timers = shared.lock_timers();
         let all = shared.lock_all();
         let registers = match config.mode {
             Mode::Userspace => Msr::SAVED
                 .iter()
                 .filter(|m| m.scope() == Scope::Vp && **m != Msr::VpIndex)
-                .filter_map(|m| Some((m.index(), self.regs.read(*m, Origin::Host).ok()?)))
+                .filter_map(|m| {
+                    let value = self.regs.read(*m, Origin::Host).ok()?;
+                    let value = match m {
+                        Msr::StimerConfig(t) => {
+                            synic_msr::StimerConfig(value)
+                                .with_enabled(timers.stimers[t.as_usize()].config.enabled())
+                                .0
+                        }
+                        _ => value,
+                    };
+                    Some((m.index(), value))
+                })
                 .collect(),
             Mode::Kernel => {
                 let regs = shared.page_regs_all(&all);
@@ -137,6 +176,10 @@ impl<M: GuestAddressSpace> Vp<M> {
                 .iter()
                 .map(|st| st.queue.iter().copied().collect())
                 .collect(),
+            timers: match config.mode {
+                Mode::Userspace => timers.stimers.iter().map(|t| t.state).collect(),
+                Mode::Kernel => Vec::new(),
+            },
         }
     }
 
@@ -150,6 +193,15 @@ impl<M: GuestAddressSpace> Vp<M> {
         }
         if state.queues.len() != SINT_COUNT {
             return Err(mismatch("there must be 16 queues"));
+        }
+        let timers_expected = match (config.mode, state.version) {
+            (Mode::Userspace, STATE_VERSION) => STIMER_COUNT,
+            _ => 0,
+        };
+        if state.timers.len() != timers_expected {
+            return Err(mismatch(
+                "there must be 4 timer schedules (userspace mode, version 2) or none",
+            ));
         }
         for queue in &state.queues {
             if queue.len() > config.queue_capacity {
@@ -182,6 +234,12 @@ impl<M: GuestAddressSpace> Vp<M> {
                         .map_err(Error::RegisterRefused)?;
                     debug_assert!(!matches!(out.change, Change::VpIndex { .. }));
                 }
+                for (t, saved) in StimerIndex::ALL.into_iter().zip(&state.timers) {
+                    let (c, count) = (regs.stimer_config(t), regs.stimer_count(t));
+                    if saved.armed && !(c.enabled() && count != 0) {
+                        return Err(mismatch("an armed timer is disabled or has COUNT 0"));
+                    }
+                }
                 PageRegs::of(&regs)
             }
             Mode::Kernel => {
@@ -213,6 +271,7 @@ impl<M: GuestAddressSpace> Vp<M> {
         }
         let shared = partition.vp_at(self.slot);
         {
+            let mut timers = shared.lock_timers();
             let mut all = shared.lock_all();
             // Messages posted to this VP before the restore (there should be none) stay, behind
             // the older saved ones; if they do not fit, nothing is restored.
@@ -229,6 +288,20 @@ impl<M: GuestAddressSpace> Vp<M> {
             self.regs = regs;
             shared.set_index(state.vp_index);
             shared.set_page_regs(&all, page_regs);
+            let now = partition.reference_time();
+            for t in StimerIndex::ALL {
+                let timer = &mut timers.stimers[t.as_usize()];
+                let (c, count) = (self.regs.stimer_config(t), self.regs.stimer_count(t));
+                timer.waiting_on = None;
+                match state.timers.get(t.as_usize()) {
+                    Some(saved) => timer.restore(c, count, *saved),
+                    // Version 1, or kernel mode (where nothing is enabled in our registers).
+                    None => timer.arm(c, count, now),
+                }
+            }
+            for st in all.guards.iter_mut() {
+                st.timer_waiting = 0;
+            }
             for ((sint, st), saved) in SintIndex::ALL
                 .into_iter()
                 .zip(all.guards.iter_mut())

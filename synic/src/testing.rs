@@ -18,6 +18,13 @@ pub enum RaiseEvent {
         /// The AutoEOI hint.
         auto_eoi: bool,
     },
+    /// [`RaiseSint::raise_vector`] (a direct-mode timer).
+    Vector {
+        /// The VP.
+        vp: VpIndex,
+        /// The vector.
+        vector: u8,
+    },
     /// [`RaiseSint::sint_changed`].
     SintChanged {
         /// The VP.
@@ -55,7 +62,18 @@ impl RecordingRaise {
                     vector,
                     auto_eoi,
                 } => Some((vp, sint, vector, auto_eoi)),
-                RaiseEvent::SintChanged { .. } => None,
+                RaiseEvent::SintChanged { .. } | RaiseEvent::Vector { .. } => None,
+            })
+            .collect()
+    }
+
+    /// The `raise_vector` calls so far as `(vp, vector)`.
+    pub fn vectors(&self) -> Vec<(VpIndex, u8)> {
+        self.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                RaiseEvent::Vector { vp, vector } => Some((vp, vector)),
+                _ => None,
             })
             .collect()
     }
@@ -85,5 +103,9 @@ impl RaiseSint for RecordingRaise {
 
     fn sint_changed(&self, vp: VpIndex, sint: SintIndex, value: Sint) {
         self.push(RaiseEvent::SintChanged { vp, sint, value });
+    }
+
+    fn raise_vector(&self, vp: VpIndex, vector: u8) {
+        self.push(RaiseEvent::Vector { vp, vector });
     }
 }

@@ -32,8 +32,9 @@ pub enum VmmAction {
         /// The page's guest physical address.
         gpa: u64,
     },
-    /// `STIMERn_CONFIG` or `STIMERn_COUNT` was written: re-arm the synthetic timer from the
-    /// registers ([`Vp::registers`]). This is where synthetic timers plug in.
+    /// `STIMERn_CONFIG` or `STIMERn_COUNT` was written and the model re-armed the timer
+    /// (userspace mode). Its deadline may now be earlier than the one the VMM's timer thread
+    /// sleeps towards: wake that thread so it calls [`Partition::poll_timers`] again.
     StimerChanged(StimerIndex),
 }
 
@@ -103,7 +104,10 @@ impl<M: GuestAddressSpace> Vp<M> {
         &self.partition
     }
 
-    /// The register file (userspace mode). Synthetic timers read their CONFIG/COUNT here.
+    /// The register file (userspace mode). One exception to "as the guest reads it": a
+    /// one-shot timer that expired has cleared its Enable bit in the timer layer, and that is
+    /// folded into STIMERn_CONFIG here only at the next STIMER write; [`Vp::rdmsr`] and
+    /// [`Vp::save`] always report it.
     pub fn registers(&self) -> &VpRegisters {
         &self.regs
     }
@@ -131,7 +135,7 @@ impl<M: GuestAddressSpace> Vp<M> {
         self.user_mode(index)?;
         let msr = Msr::from_index(index).ok_or(Gp::new(index, GpReason::UnknownMsr))?;
         Ok(match msr.scope() {
-            Scope::Vp => self.regs.read(msr, origin)?,
+            Scope::Vp => self.fold_stimer_enable(msr, self.regs.read(msr, origin)?),
             // Guests read the reference counter often (a clocksource): no lock for it.
             Scope::Partition if msr == Msr::TimeRefCount => self.partition.reference_time(),
             Scope::Partition => {
@@ -159,6 +163,9 @@ impl<M: GuestAddressSpace> Vp<M> {
         }
         if msr == Msr::VpIndex {
             return self.write_vp_index(value, origin);
+        }
+        if let Msr::StimerConfig(timer) | Msr::StimerCount(timer) = msr {
+            return self.write_stimer(msr, timer, value, origin);
         }
         let outcome = self.regs.write(msr, value, origin)?;
         let action = self.apply(outcome)?;
@@ -316,9 +323,10 @@ impl<M: GuestAddressSpace> Vp<M> {
     }
 
     /// Back to power-on state (VP reset / INIT): registers reset (profile, VP index and KVM
-    /// activation kept), pages disabled, SINTs masked. Messages still queued are returned to
+    /// activation kept), timers stopped, pages disabled, SINTs masked. Messages still queued are returned to
     /// the caller rather than dropped silently. Counters are kept.
     pub fn reset(&mut self) -> Vec<(SintIndex, HvMessage)> {
+        self.disarm_timers();
         self.regs.reset();
         let shared = self.partition.vp_at(self.slot);
         let mut dropped = Vec::new();

@@ -102,11 +102,11 @@ fn restore_refuses_state_that_does_not_fit() {
     let mut dst = Harness::with_config(config(Mode::Userspace));
 
     let mut s = good.clone();
-    s.version = 2;
+    s.version = STATE_VERSION + 1;
     assert_eq!(
         dst.vps[0].restore(&s),
         Err(Error::UnsupportedStateVersion {
-            version: 2,
+            version: STATE_VERSION + 1,
             expected: STATE_VERSION
         })
     );
