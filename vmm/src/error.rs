@@ -59,6 +59,12 @@ pub enum Error {
     /// The VM was already started.
     #[error("the VM was already started")]
     AlreadyStarted,
+    /// The routing layer refused (a missing capability, a full GSI table, KVM's refusal).
+    #[error("SINT routing: {0}")]
+    Routing(#[from] synic_routing::Error),
+    /// The SynIC model refused (its configuration, a saved state that does not fit).
+    #[error("SynIC model: {0}")]
+    Synic(#[from] synic::Error),
 }
 
 /// Shorthand for this crate's results.

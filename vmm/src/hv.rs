@@ -1,8 +1,14 @@
 //! The partition-wide Hyper-V registers in userspace mode: GUEST_OS_ID, HYPERCALL (and the
 //! page it enables) and TIME_REF_COUNT, on the semantics of `synic_msr::PartitionRegisters`.
+//!
+//! A VM without a SynIC model answers them here ([`HvPartition`]). Once a model is attached
+//! (`synic_vm`), the model's partition is their one owner: the vCPU loop hands every Hyper-V
+//! MSR to the vCPU's handler and only asks [`HypercallPageState`] whether the trap port is live
+//! ([`PartitionMsrs`]).
 
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use synic_msr::{Change, Gp, Msr, Origin, PartitionRegisters, Profile, Scope};
@@ -23,6 +29,41 @@ pub enum HvMsrFault {
         /// The page address.
         gpa: u64,
     },
+}
+
+/// Says whether the guest has the hypercall page enabled (userspace mode), so the vCPU loop
+/// knows whether an OUT to the trap port is a hypercall. Read on every trap: keep it lock-free.
+pub trait HypercallPageState: Send + Sync + fmt::Debug {
+    /// The GPA of the hypercall page while the guest has it enabled.
+    fn hypercall_page(&self) -> Option<u64>;
+}
+
+/// Who answers GUEST_OS_ID, HYPERCALL and TIME_REF_COUNT in userspace mode.
+#[derive(Clone, Debug)]
+pub enum PartitionMsrs {
+    /// The VMM's own registers: a VM without a SynIC model.
+    Vmm(Arc<HvPartition>),
+    /// The vCPUs' [`crate::MsrHandler`]s (an attached SynIC model owns the registers);
+    /// the state says when the trap port is a hypercall.
+    Handlers(Arc<dyn HypercallPageState>),
+}
+
+impl PartitionMsrs {
+    /// The GPA of the enabled hypercall page, from whoever owns HYPERCALL.
+    pub fn hypercall_page(&self) -> Option<u64> {
+        match self {
+            PartitionMsrs::Vmm(hv) => hv.hypercall_page(),
+            PartitionMsrs::Handlers(state) => state.hypercall_page(),
+        }
+    }
+
+    /// The VMM's own registers, if they answer (no model attached).
+    pub fn vmm(&self) -> Option<&Arc<HvPartition>> {
+        match self {
+            PartitionMsrs::Vmm(hv) => Some(hv),
+            PartitionMsrs::Handlers(_) => None,
+        }
+    }
 }
 
 /// The partition-wide registers of one VM, shared by its vCPU threads.
@@ -100,6 +141,12 @@ impl HvPartition {
         self.hypercall
             .store(enabled_or_zero(regs.hypercall()), Ordering::Release);
         Ok(())
+    }
+}
+
+impl HypercallPageState for HvPartition {
+    fn hypercall_page(&self) -> Option<u64> {
+        HvPartition::hypercall_page(self)
     }
 }
 

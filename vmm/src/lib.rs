@@ -9,6 +9,9 @@
 //!   guest reports).
 //! * Guests: raw 64-bit programs built with the [`guest`] toolkit, or multiboot v1 kernels
 //!   ([`multiboot`]).
+//! * [`synic_vm`]: the SynIC model attached — [`synic_vm::SynicVmBuilder`] builds a VM with the
+//!   partition, SINT routes on the VM's one routing table, hypercall connections and the
+//!   hyperv-testdev device, and gives every vCPU the model's handlers.
 //!
 //! The memory map and port assignments are in [`layout`] and `docs/vmm.md`.
 
@@ -31,6 +34,7 @@ pub mod memory;
 pub mod msr;
 pub mod multiboot;
 pub mod probe;
+pub mod synic_vm;
 pub mod vcpu;
 pub mod vm;
 

@@ -5,13 +5,16 @@
 //! denies them in the kernel, reason FILTER), and so does any MSR KVM does not know (UNKNOWN)
 //! or refuses (INVAL). The vCPU loop answers partition-wide Hyper-V registers itself
 //! (GUEST_OS_ID, HYPERCALL, TIME_REF_COUNT: see [`crate::hv`]) and hands every other index to
-//! the vCPU's `MsrHandler`. `Err` becomes `#GP(0)` through the exit's error field.
+//! the vCPU's `MsrHandler` — or, once a SynIC model is attached
+//! ([`crate::Vm::hand_partition_registers_to_handlers`]), every index. `Err` becomes `#GP(0)`
+//! through the exit's error field.
 
 use kvm_bindings::{
     kvm_enable_cap, KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_FILTER,
     KVM_MSR_EXIT_REASON_INVAL, KVM_MSR_EXIT_REASON_UNKNOWN,
 };
 use kvm_ioctls::{MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VmFd};
+pub use synic::MsrError;
 pub use synic_msr::{Gp, GpReason};
 
 use crate::error::{kvm_err, Result};
@@ -24,12 +27,14 @@ pub const HV_FILTER_COUNT: u32 = 0x100;
 
 /// Answers the MSR accesses that reach userspace, for one vCPU, on that vCPU's thread.
 ///
-/// The SynIC model implements this; `Err(gp)` injects `#GP(0)`.
+/// The SynIC model implements this; any `Err` injects `#GP(0)` (the error says why, for the
+/// host: a register rule ([`MsrError::Gp`]) or a refused consequence such as a page outside
+/// RAM ([`MsrError::Refused`])).
 pub trait MsrHandler: Send {
     /// Guest RDMSR of `msr`.
-    fn rdmsr(&mut self, msr: u32) -> std::result::Result<u64, Gp>;
+    fn rdmsr(&mut self, msr: u32) -> std::result::Result<u64, MsrError>;
     /// Guest WRMSR of `msr` with `value`.
-    fn wrmsr(&mut self, msr: u32, value: u64) -> std::result::Result<(), Gp>;
+    fn wrmsr(&mut self, msr: u32, value: u64) -> std::result::Result<(), MsrError>;
 }
 
 /// The handler of a VM without a SynIC model: `VP_INDEX` reads the vCPU index, everything
@@ -41,17 +46,17 @@ pub struct VpIndexOnly {
 }
 
 impl MsrHandler for VpIndexOnly {
-    fn rdmsr(&mut self, msr: u32) -> std::result::Result<u64, Gp> {
+    fn rdmsr(&mut self, msr: u32) -> std::result::Result<u64, MsrError> {
         match msr {
             synic_msr::index::VP_INDEX => Ok(u64::from(self.vp_index)),
-            _ => Err(Gp::new(msr, GpReason::UnknownMsr)),
+            _ => Err(Gp::new(msr, GpReason::UnknownMsr).into()),
         }
     }
 
-    fn wrmsr(&mut self, msr: u32, _value: u64) -> std::result::Result<(), Gp> {
+    fn wrmsr(&mut self, msr: u32, _value: u64) -> std::result::Result<(), MsrError> {
         match msr {
-            synic_msr::index::VP_INDEX => Err(Gp::new(msr, GpReason::ReadOnly)),
-            _ => Err(Gp::new(msr, GpReason::UnknownMsr)),
+            synic_msr::index::VP_INDEX => Err(Gp::new(msr, GpReason::ReadOnly).into()),
+            _ => Err(Gp::new(msr, GpReason::UnknownMsr).into()),
         }
     }
 }
@@ -99,13 +104,12 @@ mod tests {
         let mut h = VpIndexOnly { vp_index: 3 };
         assert_eq!(h.rdmsr(synic_msr::index::VP_INDEX), Ok(3));
         assert_eq!(
-            h.wrmsr(synic_msr::index::VP_INDEX, 0).unwrap_err().reason,
-            GpReason::ReadOnly
+            h.wrmsr(synic_msr::index::VP_INDEX, 0).unwrap_err(),
+            MsrError::Gp(Gp::new(synic_msr::index::VP_INDEX, GpReason::ReadOnly))
         );
-        let gp = h.rdmsr(synic_msr::index::SCONTROL).unwrap_err();
         assert_eq!(
-            (gp.index, gp.reason),
-            (synic_msr::index::SCONTROL, GpReason::UnknownMsr)
+            h.rdmsr(synic_msr::index::SCONTROL).unwrap_err(),
+            MsrError::Gp(Gp::new(synic_msr::index::SCONTROL, GpReason::UnknownMsr))
         );
     }
 }

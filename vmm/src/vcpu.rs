@@ -8,7 +8,7 @@ use kvm_bindings::{KVM_EXIT_HYPERV_HCALL, KVM_EXIT_HYPERV_SYNIC};
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 
 use crate::control::{StopReason, VmControl};
-use crate::hv::HvPartition;
+use crate::hv::{HvPartition, PartitionMsrs};
 use crate::hypercall::{self, Hypercall, HypercallHandler, HypercallInput, NoHypercalls};
 use crate::io::IoBus;
 use crate::kick;
@@ -17,18 +17,9 @@ use crate::msr::{MsrHandler, VpIndexOnly};
 use crate::probe::SynicMode;
 
 /// A `KVM_EXIT_HYPERV_SYNIC` notification (kernel mode): the guest wrote SCONTROL, SIEFP or
-/// SIMP and the kernel already applied it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SynicExit {
-    /// The MSR written.
-    pub msr: u32,
-    /// SCONTROL now.
-    pub control: u64,
-    /// SIEFP now.
-    pub evt_page: u64,
-    /// SIMP now.
-    pub msg_page: u64,
-}
+/// SIMP and the kernel already applied it. The model's own type, so the exit goes to
+/// [`synic::Vp::apply_synic_exit`] as it is.
+pub use synic::SynicExit;
 
 /// Follows the in-kernel SynIC's notifications for one vCPU (kernel mode only).
 pub trait SynicExitHandler: Send {
@@ -97,7 +88,7 @@ pub(crate) struct VcpuRunner {
     pub fd: VcpuFd,
     pub handlers: VcpuHandlers,
     pub bus: Arc<IoBus>,
-    pub hv: Arc<HvPartition>,
+    pub partition_msrs: PartitionMsrs,
     pub control: Arc<VmControl>,
     pub mode: SynicMode,
     /// Registers arrive in `kvm_run` at every exit (`KVM_CAP_SYNC_REGS`).
@@ -165,7 +156,7 @@ impl VcpuRunner {
             Ok(VcpuExit::IoOut(port, data)) => {
                 if port == HYPERCALL_TRAP
                     && self.mode == SynicMode::Userspace
-                    && self.hv.hypercall_page().is_some()
+                    && self.partition_msrs.hypercall_page().is_some()
                 {
                     return Next::HypercallTrap;
                 }
@@ -189,7 +180,12 @@ impl VcpuRunner {
             }
             Ok(VcpuExit::X86Rdmsr(exit)) => {
                 stats.msr += 1;
-                match rdmsr(&self.hv, self.handlers.msr.as_mut(), self.mode, exit.index) {
+                match rdmsr(
+                    &self.partition_msrs,
+                    self.handlers.msr.as_mut(),
+                    self.mode,
+                    exit.index,
+                ) {
                     Some(value) => *exit.data = value,
                     None => {
                         stats.msr_gp += 1;
@@ -201,7 +197,7 @@ impl VcpuRunner {
             Ok(VcpuExit::X86Wrmsr(exit)) => {
                 stats.msr += 1;
                 if !wrmsr(
-                    &self.hv,
+                    &self.partition_msrs,
                     self.handlers.msr.as_mut(),
                     self.mode,
                     exit.index,
@@ -324,31 +320,37 @@ impl VcpuRunner {
     }
 }
 
-/// RDMSR: partition registers in userspace mode, the vCPU's handler otherwise. `None` = #GP.
+/// The VMM's own partition registers, when they answer `index` (userspace mode, no model
+/// attached).
+fn vmm_owned(msrs: &PartitionMsrs, mode: SynicMode, index: u32) -> Option<&HvPartition> {
+    let hv = msrs.vmm()?;
+    (mode == SynicMode::Userspace && HvPartition::owns(index)).then_some(&**hv)
+}
+
+/// RDMSR: the VMM's partition registers when they own `index`, the vCPU's handler otherwise.
+/// `None` = #GP.
 fn rdmsr(
-    hv: &HvPartition,
+    msrs: &PartitionMsrs,
     handler: &mut dyn MsrHandler,
     mode: SynicMode,
     index: u32,
 ) -> Option<u64> {
-    if mode == SynicMode::Userspace && HvPartition::owns(index) {
-        hv.rdmsr(index).ok()
-    } else {
-        handler.rdmsr(index).ok()
+    match vmm_owned(msrs, mode, index) {
+        Some(hv) => hv.rdmsr(index).ok(),
+        None => handler.rdmsr(index).ok(),
     }
 }
 
 /// WRMSR, dispatched like [`rdmsr`]. `false` = #GP.
 fn wrmsr(
-    hv: &HvPartition,
+    msrs: &PartitionMsrs,
     handler: &mut dyn MsrHandler,
     mode: SynicMode,
     index: u32,
     value: u64,
 ) -> bool {
-    if mode == SynicMode::Userspace && HvPartition::owns(index) {
-        hv.wrmsr(index, value).is_ok()
-    } else {
-        handler.wrmsr(index, value).is_ok()
+    match vmm_owned(msrs, mode, index) {
+        Some(hv) => hv.wrmsr(index, value).is_ok(),
+        None => handler.wrmsr(index, value).is_ok(),
     }
 }

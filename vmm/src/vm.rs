@@ -17,7 +17,7 @@ use crate::boot::{self, LongModeEntry, ProtectedModeEntry};
 use crate::control::{StopReason, VmControl};
 use crate::cpuid::{self, HvFeatures};
 use crate::error::{kvm_err, Error, Result};
-use crate::hv::HvPartition;
+use crate::hv::{HvPartition, HypercallPageState, PartitionMsrs};
 use crate::io::{IoBus, PortDevice};
 use crate::layout::{KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
 use crate::memory::{self, GuestMemory};
@@ -62,7 +62,7 @@ pub struct Vm {
     mode: SynicMode,
     caps: Capabilities,
     bus: IoBus,
-    hv: Arc<HvPartition>,
+    partition_msrs: PartitionMsrs,
     control: Arc<VmControl>,
     config: VmConfig,
 }
@@ -122,7 +122,7 @@ impl Vm {
             mode,
             caps,
             bus: IoBus::new(),
-            hv,
+            partition_msrs: PartitionMsrs::Vmm(hv),
             control,
             config,
         })
@@ -163,9 +163,17 @@ impl Vm {
         &self.control
     }
 
-    /// The partition-wide Hyper-V registers (userspace mode).
-    pub fn hv(&self) -> &Arc<HvPartition> {
-        &self.hv
+    /// The VMM's own partition-wide Hyper-V registers (userspace mode), or `None` once they
+    /// were handed to an attached SynIC model.
+    pub fn hv(&self) -> Option<&Arc<HvPartition>> {
+        self.partition_msrs.vmm()
+    }
+
+    /// Hands GUEST_OS_ID, HYPERCALL and TIME_REF_COUNT to the vCPUs' [`crate::MsrHandler`]s:
+    /// an attached SynIC model owns them (one owner; the VMM's [`HvPartition`] no longer
+    /// answers). `page` tells the vCPU loop when the hypercall trap port is live.
+    pub fn hand_partition_registers_to_handlers(&mut self, page: Arc<dyn HypercallPageState>) {
+        self.partition_msrs = PartitionMsrs::Handlers(page);
     }
 
     /// vCPU `index`, before start (for extra setup).
@@ -218,7 +226,7 @@ impl Vm {
             fd: self.fd.clone(),
             memory: self.memory.clone(),
             control: self.control.clone(),
-            hv: self.hv.clone(),
+            partition_msrs: self.partition_msrs.clone(),
             started: Instant::now(),
             finished: None,
         };
@@ -228,7 +236,7 @@ impl Vm {
                 fd,
                 handlers: handlers(index),
                 bus: bus.clone(),
-                hv: self.hv.clone(),
+                partition_msrs: self.partition_msrs.clone(),
                 control: self.control.clone(),
                 mode: self.mode,
                 sync_regs: self.caps.sync_regs,
@@ -261,7 +269,7 @@ pub struct RunningVm {
     fd: Arc<VmFd>,
     memory: GuestMemory,
     control: Arc<VmControl>,
-    hv: Arc<HvPartition>,
+    partition_msrs: PartitionMsrs,
     started: Instant,
     finished: Option<Duration>,
 }
@@ -282,9 +290,9 @@ impl RunningVm {
         &self.control
     }
 
-    /// The partition-wide Hyper-V registers.
-    pub fn hv(&self) -> &Arc<HvPartition> {
-        &self.hv
+    /// The VMM's own partition-wide Hyper-V registers (`None` when a SynIC model owns them).
+    pub fn hv(&self) -> Option<&Arc<HvPartition>> {
+        self.partition_msrs.vmm()
     }
 
     /// Waits until the VM stops or `timeout` passes (then stops it with

@@ -7,16 +7,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use common::{drain, kvm_available, next_report, rig, RUN_LIMIT};
-use kvm_bindings::{
-    kvm_irq_routing_entry, kvm_irq_routing_msi, KvmIrqRouting, KVM_IRQ_ROUTING_MSI,
-};
 use synic_msr::{Gp, GpReason};
+use synic_routing::{DefaultRoutes, MsiRoute, Route, RoutingTable};
 use synic_vmm::devices::Report;
 use synic_vmm::guest::{layout, tag, GuestBuilder, Isr};
 use synic_vmm::hypercall::{Hypercall, HypercallHandler};
-use synic_vmm::msr::VpIndexOnly;
+use synic_vmm::msr::{MsrError, VpIndexOnly};
 use synic_vmm::{ModeRequest, MsrHandler, StopReason, SynicMode, VcpuHandlers, VmConfig};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 const SCONTROL: u32 = 0x4000_0080;
 const SVERSION: u32 = 0x4000_0081;
@@ -75,25 +72,25 @@ struct FakeSynic {
 }
 
 impl MsrHandler for FakeSynic {
-    fn rdmsr(&mut self, msr: u32) -> Result<u64, Gp> {
+    fn rdmsr(&mut self, msr: u32) -> Result<u64, MsrError> {
         let v = match msr {
             SCONTROL => self.regs.lock().unwrap().get(&msr).copied().unwrap_or(0),
             SVERSION => 1,
-            _ => return Err(Gp::new(msr, GpReason::UnknownMsr)),
+            _ => return Err(Gp::new(msr, GpReason::UnknownMsr).into()),
         };
         self.log.lock().unwrap().push(('r', msr, v));
         Ok(v)
     }
 
-    fn wrmsr(&mut self, msr: u32, value: u64) -> Result<(), Gp> {
+    fn wrmsr(&mut self, msr: u32, value: u64) -> Result<(), MsrError> {
         self.log.lock().unwrap().push(('w', msr, value));
         match msr {
             SCONTROL => {
                 self.regs.lock().unwrap().insert(msr, value);
                 Ok(())
             }
-            SVERSION => Err(Gp::new(msr, GpReason::ReadOnly)),
-            _ => Err(Gp::new(msr, GpReason::UnknownMsr)),
+            SVERSION => Err(Gp::new(msr, GpReason::ReadOnly).into()),
+            _ => Err(Gp::new(msr, GpReason::UnknownMsr).into()),
         }
     }
 }
@@ -195,7 +192,6 @@ fn irqfd_on_an_msi_route_interrupts_the_guest_isr() {
         return;
     }
     const VECTOR: u8 = 0x40;
-    const GSI: u32 = 24;
     let mut g = GuestBuilder::new().unwrap();
     g.isr(VECTOR, Isr::REPORT_AND_EOI).unwrap();
     g.lapic_enable().unwrap();
@@ -204,24 +200,10 @@ fn irqfd_on_an_msi_route_interrupts_the_guest_isr() {
     g.report(tag::USER + 1, 0).unwrap();
     g.exit(0).unwrap();
     let r = rig(config(1));
-    // One MSI route: fixed delivery to APIC id 0, vector 0x40 (the routing crate will own
-    // this table later).
-    let mut entry = kvm_irq_routing_entry {
-        gsi: GSI,
-        type_: KVM_IRQ_ROUTING_MSI,
-        ..Default::default()
-    };
-    entry.u.msi = kvm_irq_routing_msi {
-        address_lo: 0xFEE0_0000,
-        address_hi: 0,
-        data: u32::from(VECTOR),
-        ..Default::default()
-    };
-    r.vm.vm_fd()
-        .set_gsi_routing(&KvmIrqRouting::from_entries(&[entry]).unwrap())
-        .unwrap();
-    let irq = EventFd::new(EFD_NONBLOCK).unwrap();
-    r.vm.vm_fd().register_irqfd(&irq, GSI).unwrap();
+    // One MSI route on the VM's routing table: fixed delivery to APIC id 0, vector 0x40.
+    let table = RoutingTable::new(r.vm.vm_fd().clone(), DefaultRoutes::Keep);
+    let gsi = table.add(Route::Msi(MsiRoute::fixed(0, VECTOR))).unwrap();
+    let irq = table.irqfd(gsi, false).unwrap();
     let (running, reports, _) = r.start(&g.build().unwrap(), VcpuHandlers::without_synic);
     assert_eq!(
         next_report(&reports),
@@ -232,7 +214,7 @@ fn irqfd_on_an_msi_route_interrupts_the_guest_isr() {
         }
     );
     for _ in 0..2 {
-        irq.write(1).unwrap();
+        irq.trigger().unwrap();
         assert_eq!(
             next_report(&reports),
             Report {

@@ -21,12 +21,14 @@
 
 mod handlers;
 mod program;
+pub mod synic;
 
 use iced_x86::code_asm::*;
 
 use crate::error::{Error, Result};
 use crate::layout::{ports, LAPIC_ADDR};
 pub use program::GuestProgram;
+pub use synic::SynicSetup;
 
 /// Where toolkit programs live in guest memory.
 pub mod layout {
@@ -114,6 +116,7 @@ fn asm_err(e: iced_x86::IcedError) -> Error {
 pub struct GuestBuilder {
     a: CodeAssembler,
     isrs: Vec<(u8, Isr)>,
+    gates: Vec<(u8, CodeLabel)>,
 }
 
 impl std::fmt::Debug for GuestBuilder {
@@ -137,6 +140,7 @@ impl GuestBuilder {
         Ok(Self {
             a,
             isrs: Vec::new(),
+            gates: Vec::new(),
         })
     }
 
@@ -154,7 +158,24 @@ impl GuestBuilder {
             )));
         }
         self.isrs.retain(|(v, _)| *v != vector);
+        self.gates.retain(|(v, _)| *v != vector);
         self.isrs.push((vector, isr));
+        Ok(())
+    }
+
+    /// Points `vector` (32..=254) at the program's own handler at `label`: code the program
+    /// emits itself (typically after its main flow has halted or exited), which must preserve
+    /// every register it uses, R14 and R15 included, and end in `iretq`. Replaces a toolkit ISR
+    /// on the same vector.
+    pub fn gate(&mut self, vector: u8, label: CodeLabel) -> Result<()> {
+        if !(32..=254).contains(&vector) {
+            return Err(Error::Assemble(format!(
+                "vector {vector} is not an interrupt vector (32..=254)"
+            )));
+        }
+        self.isrs.retain(|(v, _)| *v != vector);
+        self.gates.retain(|(v, _)| *v != vector);
+        self.gates.push((vector, label));
         Ok(())
     }
 
@@ -284,7 +305,8 @@ impl GuestBuilder {
     pub fn build(mut self) -> Result<GuestProgram> {
         // A program that runs off its end halts instead of running into the handlers.
         handlers::emit_halt(&mut self.a)?;
-        let gates = handlers::emit_all(&mut self.a, &self.isrs)?;
+        let mut gates = handlers::emit_all(&mut self.a, &self.isrs)?;
+        gates.extend(self.gates);
         GuestProgram::assemble(self.a, gates)
     }
 }

@@ -80,3 +80,32 @@ pub fn drain(rx: &Receiver<Report>) -> Vec<Report> {
     rx.try_iter().collect()
 }
 pub mod kernel;
+
+/// A SynIC VM with the report port and isa-debug-exit.
+pub struct SynicRig {
+    pub vm: synic_vmm::synic_vm::SynicVm,
+    pub reports: Receiver<Report>,
+}
+
+pub fn synic_rig(builder: synic_vmm::synic_vm::SynicVmBuilder, vcpus: u32) -> SynicRig {
+    let mut vm = builder.vcpus(vcpus).build().expect("building the SynIC VM");
+    let (report, reports) = ReportPort::new(vcpus);
+    let control = vm.vm().control().clone();
+    let v = vm.vm_mut();
+    v.add_device(ReportPort::BASE, ReportPort::LEN, Arc::new(report))
+        .unwrap();
+    v.add_device(ports::DEBUG_EXIT, 1, Arc::new(DebugExit::new(control)))
+        .unwrap();
+    SynicRig { vm, reports }
+}
+
+impl SynicRig {
+    /// Loads `program` and starts the vCPUs with the model's handlers.
+    pub fn start(
+        mut self,
+        program: &GuestProgram,
+    ) -> (synic_vmm::synic_vm::RunningSynicVm, Receiver<Report>) {
+        program.load(self.vm.vm_mut()).expect("loading the program");
+        (self.vm.start().expect("starting vCPUs"), self.reports)
+    }
+}

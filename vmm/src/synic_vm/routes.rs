@@ -1,0 +1,100 @@
+//! The SINT routes of either mode behind one type, and kernel mode's ack pump.
+
+use std::sync::{Arc, Weak};
+
+use crossbeam_channel::Receiver;
+use kvm_ioctls::VmFd;
+use synic::{RaiseSint, SintIndex, VpIndex};
+use synic_routing::{Gsi, KernelSintRoutes, RoutingTable, SintCounters, UserSintRoutes};
+
+use super::SynicPartition;
+use crate::error::{Error, Result};
+
+/// The routes the partition raises SINTs through.
+#[derive(Debug)]
+pub(crate) enum SintRoutes {
+    /// Userspace mode: MSI routes following the guest's SINT registers.
+    User(Arc<UserSintRoutes<VmFd>>),
+    /// Kernel mode: HV_SINT routes with resamplefds.
+    Kernel(Arc<KernelSintRoutes<VmFd>>),
+}
+
+impl SintRoutes {
+    /// The routes as the model's raise trait.
+    pub fn raise(&self) -> Arc<dyn RaiseSint> {
+        match self {
+            SintRoutes::User(r) => Arc::clone(r) as Arc<dyn RaiseSint>,
+            SintRoutes::Kernel(r) => Arc::clone(r) as Arc<dyn RaiseSint>,
+        }
+    }
+
+    /// Adds routes for `pairs` (one commit).
+    pub fn add(&self, pairs: &[(VpIndex, SintIndex)]) -> Result<()> {
+        match self {
+            SintRoutes::User(r) => r.add(pairs),
+            SintRoutes::Kernel(r) => r.add(pairs),
+        }
+        .map_err(Error::Routing)
+    }
+
+    /// Removes the routes of `pairs` (one commit).
+    pub fn remove(&self, pairs: &[(VpIndex, SintIndex)]) -> Result<()> {
+        match self {
+            SintRoutes::User(r) => r.remove(pairs),
+            SintRoutes::Kernel(r) => r.remove(pairs),
+        }
+        .map_err(Error::Routing)
+    }
+
+    /// The GSI of a pair's route.
+    pub fn gsi(&self, vp: VpIndex, sint: SintIndex) -> Option<Gsi> {
+        match self {
+            SintRoutes::User(r) => r.gsi(vp, sint),
+            SintRoutes::Kernel(r) => r.gsi(vp, sint),
+        }
+    }
+
+    /// What the routes have done so far.
+    pub fn counters(&self) -> SintCounters {
+        match self {
+            SintRoutes::User(r) => r.counters(),
+            SintRoutes::Kernel(r) => r.counters(),
+        }
+    }
+
+    /// The VM's one routing table.
+    pub fn table(&self) -> &Arc<RoutingTable<VmFd>> {
+        match self {
+            SintRoutes::User(r) => r.table(),
+            SintRoutes::Kernel(r) => r.table(),
+        }
+    }
+}
+
+/// Kernel mode: hands resamplefd acks from the routing layer's ack thread to
+/// [`synic::Partition::ack`].
+///
+/// The partition holds the routes (its raise trait) and the routes hold the ack sink, so the
+/// sink cannot own the partition: it is a channel, and this thread holds only a `Weak`. When
+/// the last owner drops the partition the routes go with it, the channel closes and the
+/// thread ends. (A closure sink holding the `Weak` could end up dropping the partition — and
+/// with it the routes, which join the ack thread — on the ack thread itself.)
+pub(crate) fn spawn_ack_pump(
+    acks: Receiver<(VpIndex, SintIndex)>,
+    partition: Weak<SynicPartition>,
+) -> Result<()> {
+    std::thread::Builder::new()
+        .name("synic-acks".into())
+        .spawn(move || {
+            for (vp, sint) in acks {
+                let Some(p) = partition.upgrade() else {
+                    return;
+                };
+                // Acks are hints (KVM acks every SINT on EOM); an error here is a VP index or
+                // a page the guest moved out of RAM, counted by the model.
+                let _ = p.ack(vp, sint);
+            }
+        })
+        .map(|_| ())
+        .map_err(Error::Thread)
+}
