@@ -2,12 +2,15 @@
 
 use core::fmt;
 
-use kvm_bindings::{kvm_enable_cap, kvm_irq_routing_entry, KvmIrqRouting, KVM_CAP_HYPERV_SYNIC2};
+use kvm_bindings::{
+    kvm_enable_cap, kvm_irq_routing_entry, kvm_msi, KvmIrqRouting, KVM_CAP_HYPERV_SYNIC2,
+    KVM_MSI_VALID_DEVID,
+};
 use kvm_ioctls::{Cap, VcpuFd, VmFd};
 use vmm_sys_util::errno;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::{Error, Gsi};
+use crate::{Error, Gsi, MsiRoute};
 
 /// The KVM operations routing needs. [`VmFd`] implements it for real; [`crate::fake::FakeKvm`]
 /// records calls and models the kernel's checks so the table logic runs without `/dev/kvm`.
@@ -31,6 +34,15 @@ pub trait RoutingBackend: Send + Sync + 'static {
     /// `KVM_IRQFD` with `KVM_IRQFD_FLAG_DEASSIGN`. When it returns, KVM injects nothing more
     /// for writes to `fd` (the kernel flushes in-flight injections).
     fn unregister_irqfd(&self, fd: &EventFd, gsi: Gsi) -> Result<(), errno::Error>;
+
+    /// `KVM_SIGNAL_MSI`: injects `msi` once, with no route and no irqfd (a direct-mode
+    /// synthetic timer's vector). `Ok(false)`: the kernel accepted it but no APIC took it
+    /// (e.g. software-disabled). The default refuses with `ENOSYS`, so backends written before
+    /// this method keep building.
+    fn signal_msi(&self, msi: MsiRoute) -> Result<bool, errno::Error> {
+        let _ = msi;
+        Err(errno::Error::new(libc::ENOSYS))
+    }
 }
 
 /// What a VM's KVM offers for interrupt routing, probed once.
@@ -173,6 +185,23 @@ impl RoutingBackend for VmFd {
 
     fn unregister_irqfd(&self, fd: &EventFd, gsi: Gsi) -> Result<(), errno::Error> {
         VmFd::unregister_irqfd(self, fd, gsi.0)
+    }
+
+    fn signal_msi(&self, msi: MsiRoute) -> Result<bool, errno::Error> {
+        let raw = kvm_msi {
+            // Truncations intended: the 64-bit address is split into its two halves.
+            address_lo: msi.address as u32,
+            address_hi: (msi.address >> 32) as u32,
+            data: msi.data,
+            flags: if msi.devid.is_some() {
+                KVM_MSI_VALID_DEVID
+            } else {
+                0
+            },
+            devid: msi.devid.unwrap_or(0),
+            ..Default::default()
+        };
+        VmFd::signal_msi(self, raw).map(|delivered| delivered > 0)
     }
 }
 

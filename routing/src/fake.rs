@@ -105,6 +105,7 @@ struct FakeState {
     record_calls: bool,
     fail_next: Option<i32>,
     commit_delay: std::time::Duration,
+    msis: Vec<crate::MsiRoute>,
 }
 
 #[derive(Debug)]
@@ -122,6 +123,11 @@ fn einval() -> errno::Error {
 }
 
 impl FakeKvm {
+    /// The MSIs injected with `KVM_SIGNAL_MSI` so far, oldest first (every one is "delivered").
+    pub fn signalled_msis(&self) -> Vec<crate::MsiRoute> {
+        self.lock().msis.clone()
+    }
+
     /// A fake kernel with `config`, recording every call.
     pub fn new(config: FakeConfig) -> Self {
         Self {
@@ -351,5 +357,10 @@ impl RoutingBackend for FakeKvm {
             state.calls.push(Call::UnregisterIrqfd { gsi, found });
         }
         Ok(())
+    }
+
+    fn signal_msi(&self, msi: crate::MsiRoute) -> Result<bool, errno::Error> {
+        self.lock().msis.push(msi);
+        Ok(true)
     }
 }

@@ -288,6 +288,25 @@ fn masked_polling_and_illegal_vectors_are_suppressed() {
 }
 
 #[test]
+fn raise_vector_sends_one_msi_to_the_vps_apic_without_a_route() {
+    let (fake, routes) = user(&[(0, 0), (1, 300)]);
+    let calls = fake.set_routing_calls();
+    routes.raise_vector(VpIndex(1), 0x99);
+    routes.raise_vector(VpIndex(0), 0x42);
+    assert_eq!(
+        fake.signalled_msis(),
+        vec![MsiRoute::fixed(300, 0x99), MsiRoute::fixed(0, 0x42)]
+    );
+    // Illegal vector, unknown VP: nothing sent.
+    routes.raise_vector(VpIndex(0), 0x0F);
+    routes.raise_vector(VpIndex(5), 0x50);
+    assert_eq!(fake.signalled_msis().len(), 2);
+    let c = routes.counters();
+    assert_eq!((c.raised, c.suppressed, c.unrouted), (2, 1, 1));
+    assert_eq!(fake.set_routing_calls(), calls, "no route is touched");
+}
+
+#[test]
 fn vector_rewrite_commits_the_route_before_firing() {
     let (fake, routes) = user(&[(0, 7)]);
     routes.add(&[(VpIndex(0), sint(1))]).unwrap();

@@ -43,7 +43,8 @@ impl SintAck for crossbeam_channel::Sender<(VpIndex, SintIndex)> {
 /// What SINT routing has done so far (monotonic counters).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SintCounters {
-    /// Raises that wrote an irqfd.
+    /// Raises that wrote an irqfd, and (userspace mode) direct-mode timer vectors sent with
+    /// `KVM_SIGNAL_MSI`.
     pub raised: u64,
     /// Raises for a (VP, SINT) without a route: a configuration error in the VMM.
     pub unrouted: u64,

@@ -19,7 +19,10 @@ use crate::{Error, Gsi, Irqfd, Mode, MsiRoute, Route, RoutingBackend, RoutingTab
 /// no raise ever fires a stale route.
 ///
 /// Acks come from the EOM path: the VMM's EOM handler calls the SynIC model directly; KVM
-/// reports no EOI for MSI vectors. The in-kernel LAPIC cannot do AutoEOI, so the VMM should
+/// reports no EOI for MSI vectors.
+///
+/// Direct-mode synthetic timers ([`RaiseSint::raise_vector`]) need no route: their vector goes
+/// to the VP's APIC id with one `KVM_SIGNAL_MSI`. The in-kernel LAPIC cannot do AutoEOI, so the VMM should
 /// advertise "AutoEOI deprecated" (CPUID 0x4000_0004 EAX bit 9); `auto_eoi` is ignored here.
 pub struct UserSintRoutes<B: RoutingBackend> {
     table: Arc<RoutingTable<B>>,
@@ -248,6 +251,35 @@ impl<B: RoutingBackend> RaiseSint for UserSintRoutes<B> {
             Counters::bump(&self.counters.raised);
         } else {
             Counters::bump(&self.counters.suppressed);
+        }
+    }
+
+    /// Sends `vector` to the VP's local APIC with `KVM_SIGNAL_MSI` (fixed, edge, physical
+    /// destination): a direct-mode synthetic timer expired. Counted as raised; a vector below
+    /// 16 (illegal for the APIC) as suppressed; a VP without an APIC id as unrouted; a refused
+    /// ioctl as a route error ([`take_error`](Self::take_error)).
+    fn raise_vector(&self, vp: VpIndex, vector: u8) {
+        if vector < Sint::FIRST_VALID_VECTOR {
+            Counters::bump(&self.counters.suppressed);
+            return;
+        }
+        let Ok(apic_id) = self.apic_id(vp) else {
+            Counters::bump(&self.counters.unrouted);
+            return;
+        };
+        match self
+            .table
+            .backend()
+            .signal_msi(MsiRoute::fixed(apic_id, vector))
+        {
+            Ok(_) => Counters::bump(&self.counters.raised),
+            Err(e) => {
+                Counters::bump(&self.counters.route_errors);
+                *lock(&self.last_error) = Some(Error::Os {
+                    what: "KVM_SIGNAL_MSI",
+                    source: std::io::Error::from_raw_os_error(e.errno()),
+                });
+            }
         }
     }
 
