@@ -1,0 +1,6 @@
+//! The scenarios: each takes a [`crate::Setup`], builds its guest program, runs it and asserts
+//! the outcome that setup must give. Test functions call them once per mode.
+
+pub mod events;
+pub mod messages;
+pub mod msrs;
