@@ -30,6 +30,7 @@ pub mod io;
 mod kick;
 pub mod lapic;
 pub mod layout;
+pub mod linux;
 pub mod memory;
 pub mod msr;
 pub mod multiboot;

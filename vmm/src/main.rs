@@ -14,7 +14,8 @@ const USAGE: &str = "usage:
   synic-vmm run [--smp N] [--mem MiB] [--timeout S] KERNEL [ARGS..]
                                     boot a multiboot kernel; its COM1 output goes to stdout
                                     and the exit status is QEMU isa-debug-exit's (value << 1 | 1)
-  synic-vmm bench                   print the performance table";
+  synic-vmm bench                   print the performance table
+  synic-vmm linux [OPTIONS] KERNEL  boot a Linux bzImage (options: synic-vmm linux --help)";
 
 /// Exit status for usage and setup errors.
 const EXIT_ERROR: u8 = 2;
@@ -149,6 +150,7 @@ fn main() -> ExitCode {
                 .to_string(),
         ),
         Some("run") => parse_run(argv).and_then(run),
+        Some("linux") => synic_vmm::linux::cli::command(argv).map(ExitCode::from),
         Some("bench") => Err("the benchmarks are not written yet".to_string()),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
