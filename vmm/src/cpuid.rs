@@ -68,12 +68,14 @@ pub struct HvFeatures {
 }
 
 impl HvFeatures {
-    /// Everything this VMM implements for SynIC guests (no direct timers, no polling).
+    /// Everything this VMM implements for SynIC guests: synthetic timers including direct
+    /// mode (userspace mode: the model and [`crate::timers::TimerThread`]; kernel mode: KVM's),
+    /// no SINT polling.
     pub const SYNIC: HvFeatures = HvFeatures {
         time_ref_count: true,
         synic: true,
         stimer: true,
-        direct_stimer: false,
+        direct_stimer: true,
         hypercall: true,
         vp_index: true,
         post_messages: true,
@@ -195,11 +197,10 @@ mod tests {
             EAX_TIME_REF_COUNT | EAX_SYNIC | EAX_STIMER | EAX_HYPERCALL | EAX_VP_INDEX
         );
         assert_eq!(f.ebx, EBX_POST_MESSAGES | EBX_SIGNAL_EVENTS);
-        assert_eq!(f.edx, 0);
+        assert_eq!(f.edx, EDX_DIRECT_STIMER);
         let none = HvFeatures {
             synic: false,
             signal_events: false,
-            direct_stimer: true,
             ..HvFeatures::SYNIC
         };
         let f = find(&hyperv_leaves(none, SynicMode::Kernel, 1), HV_LEAF_FEATURES);

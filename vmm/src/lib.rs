@@ -12,6 +12,7 @@
 //! * [`synic_vm`]: the SynIC model attached — [`synic_vm::SynicVmBuilder`] builds a VM with the
 //!   partition, SINT routes on the VM's one routing table, hypercall connections and the
 //!   hyperv-testdev device, and gives every vCPU the model's handlers.
+//! * [`timers`]: the one thread that serves the synthetic timers of a userspace-mode VM.
 //!
 //! The memory map and port assignments are in [`layout`] and `docs/vmm.md`.
 
@@ -36,6 +37,7 @@ pub mod msr;
 pub mod multiboot;
 pub mod probe;
 pub mod synic_vm;
+pub mod timers;
 pub mod vcpu;
 pub mod vm;
 

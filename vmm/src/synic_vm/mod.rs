@@ -182,8 +182,10 @@ impl SynicVmBuilder {
         self
     }
 
-    /// Where synthetic-timer changes go, and who starts a timer thread with the VM
-    /// (default: [`NoStimers`]).
+    /// Where synthetic-timer changes go, and who starts a timer thread with the VM (default:
+    /// a [`crate::timers::TimerThread`] in userspace mode, [`NoStimers`] in kernel mode, where
+    /// KVM runs the timers). A hook that runs no timers should come with
+    /// [`features`](Self::features) that do not advertise them (`stimer`, `direct_stimer`).
     pub fn stimer_hook(mut self, hook: Arc<dyn StimerHook>) -> Self {
         self.stimer_hook = Some(hook);
         self
@@ -239,9 +241,10 @@ impl SynicVmBuilder {
         if let Some(rx) = acks {
             routes::spawn_ack_pump(rx, Arc::downgrade(&partition))?;
         }
-        let hook = self
-            .stimer_hook
-            .unwrap_or_else(|| Arc::new(NoStimers::default()));
+        let hook = self.stimer_hook.unwrap_or_else(|| match mode {
+            SynicMode::Userspace => Arc::new(crate::timers::TimerThread::new()),
+            SynicMode::Kernel => Arc::new(NoStimers::default()),
+        });
         let synic = Arc::new(AttachedSynic::new(
             mode,
             partition,
