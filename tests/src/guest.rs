@@ -403,18 +403,69 @@ impl SynicGuest {
     /// (log, free, MessagePending -> EOM) but without EOI, counting it under
     /// [`state::POLLED`]. Interrupts stay as they are. Clobbers RAX, RBX, RCX, RDX, RSI, RDI.
     pub fn poll_message(&mut self, sint: u8) -> Result<()> {
+        self.take_polled(sint, true)
+    }
+
+    /// Takes SINT `sint`'s message like [`SynicGuest::poll_message`] if one is in the slot;
+    /// does nothing if the slot is empty. Clobbers RAX, RBX, RCX, RDX, RSI, RDI.
+    pub fn take_if_present(&mut self, sint: u8) -> Result<()> {
+        self.take_polled(sint, false)
+    }
+
+    fn take_polled(&mut self, sint: u8, wait: bool) -> Result<()> {
         self.emit(|a| {
             let mut top = a.create_label();
+            let mut done = a.create_label();
             a.set_label(&mut top)?;
             area_address(a, rsi, layout::SIMP + u64::from(sint) * 256)?;
             a.pause()?;
             a.cmp(dword_ptr(rsi), 0)?;
-            a.je(top)?;
+            if wait {
+                a.je(top)?;
+            } else {
+                a.je(done)?;
+            }
             a.mov(ebx, u32::from(sint))?;
             handlers::take_message(a, false)?;
             area_address(a, rax, layout::STATE + state::POLLED)?;
-            a.inc(qword_ptr(rax))
+            a.inc(qword_ptr(rax))?;
+            a.set_label(&mut done)?;
+            a.nop()
         })
+    }
+
+    /// Spins (interrupts as they are) until SINT `sint`'s slot holds a message with
+    /// MessagePending set, i.e. the host has queued another behind it. Clobbers RAX.
+    pub fn wait_pending(&mut self, sint: u8) -> Result<()> {
+        self.emit(|a| {
+            let mut top = a.create_label();
+            a.set_label(&mut top)?;
+            a.pause()?;
+            area_address(a, rax, layout::SIMP + u64::from(sint) * 256)?;
+            a.cmp(dword_ptr(rax), 0)?;
+            a.je(top)?;
+            a.test(byte_ptr(rax + 5), 1)?;
+            a.je(top)
+        })
+    }
+
+    /// Binds `label` as a second entry point: vCPUs started there (RDI = index) get the same
+    /// prologue as at the first instruction (R15, R14). Used to resume a saved guest in a new
+    /// VM, whose local APIC starts from reset.
+    pub fn entry_point(&mut self, label: &mut CodeLabel) -> Result<()> {
+        self.emit(|a| {
+            a.set_label(label)?;
+            a.mov(r15, rdi)?;
+            a.mov(r14, r15)?;
+            a.shl(r14, 12)?;
+            a.mov(rax, guest::layout::PERCPU_BASE)?;
+            a.add(r14, rax)
+        })
+    }
+
+    /// Stops the VM with exit code `code`. Clobbers RAX.
+    pub fn exit(&mut self, code: u32) -> Result<()> {
+        self.g.exit(code)
     }
 
     /// Reports the message type in SINT `sint`'s slot (0 = empty) under [`tag::VALUE`].

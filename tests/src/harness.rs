@@ -7,10 +7,12 @@ use std::time::Duration;
 use crossbeam_channel::Receiver;
 use synic::hypercall::Connections;
 use synic::{FlagOutcome, HvMessage, MessageType, Posted, SintIndex, VpIndex};
-use synic_vmm::devices::{DebugExit, Report, ReportPort};
+use synic_vmm::devices::{DebugExit, HvTestDev, Report, ReportPort};
 use synic_vmm::guest::tag as toolkit_tag;
 use synic_vmm::layout::ports as vmm_ports;
-use synic_vmm::synic_vm::{AttachedSynic, RunningSynicVm, SynicPartition, SynicVm, SynicVmBuilder};
+use synic_vmm::synic_vm::{
+    AttachedSynic, RunningSynicVm, SynicPartition, SynicTestDev, SynicVm, SynicVmBuilder,
+};
 use synic_vmm::{
     GuestMemory, HvFeatures, ModeRequest, PortDevice, RunOutcome, StopReason, SynicMode, Vm,
     VmControl,
@@ -64,6 +66,7 @@ fn scaled_limit(setup: Setup, limit: Duration) -> Duration {
 /// restore) and guest RAM.
 pub struct Host {
     synic: Arc<AttachedSynic>,
+    testdev: Option<Arc<HvTestDev<SynicTestDev>>>,
 }
 
 impl std::fmt::Debug for Host {
@@ -149,6 +152,14 @@ impl Host {
         self.synic
             .add_event_port(id, VpIndex(vp), sint_index(sint), base, count)
             .unwrap_or_else(|e| panic!("event connection {id:#x}: {e}"));
+    }
+
+    /// What the hyperv-testdev device did: (commands carried out, refused, undecodable).
+    pub fn testdev_counts(&self) -> (u64, u64, u64) {
+        self.testdev.as_ref().map_or((0, 0, 0), |d| {
+            let s = d.handler().stats();
+            (s.done, s.refused, d.rejected())
+        })
     }
 
     /// Guest RAM.
@@ -313,6 +324,7 @@ impl Prepared {
         assert_eq!(vm.mode(), want, "the VM runs in the mode asked for");
         let host = Arc::new(Host {
             synic: vm.synic().clone(),
+            testdev: vm.testdev().cloned(),
         });
         let (report, reports) = ReportPort::new(spec.vcpus);
         let control = vm.vm().control().clone();

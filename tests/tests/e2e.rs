@@ -48,4 +48,7 @@ every_setup! {
     simp_disabled_queues_until_enabled => messages::simp_disabled_queues_until_enabled;
     auto_eoi_per_mode => messages::auto_eoi_per_mode;
     event_flags_interrupt_only_on_0_to_1 => events::event_flags_interrupt_only_on_0_to_1;
+    cross_vcpu_post_and_signal => hypercalls::cross_vcpu_post_and_signal;
+    test_device_protocol => hypercalls::test_device_protocol;
+    save_restore_mid_traffic => save_restore::save_restore_mid_traffic;
 }

@@ -2,5 +2,7 @@
 //! the outcome that setup must give. Test functions call them once per mode.
 
 pub mod events;
+pub mod hypercalls;
 pub mod messages;
 pub mod msrs;
+pub mod save_restore;
