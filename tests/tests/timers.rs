@@ -1,0 +1,386 @@
+//! Synthetic timers on real KVM: real guest code programs STIMERn through MSR exits and takes
+//! the expiries in its interrupt handlers (TLFS order: copy, free, EOI, MessagePending -> EOM).
+//!
+//! Userspace mode (this library's timers, served by the VMM's timer thread) in both register
+//! profiles; the kernel-mode variants run KVM's in-kernel timers and skip loudly without
+//! KVM_CAP_HYPERV_SYNIC2 (run them under kvm-lab). Busy-slot retry is userspace only: KVM
+//! drops a periodic tick whose slot is busy (docs/timers.md).
+
+use iced_x86::code_asm::*;
+use synic::VpIndex;
+use synic_e2e::layout::{state, tag, vector};
+use synic_e2e::{run, Eoi, Finished, Logged, Setup, SintValue, SynicGuest, VmSpec};
+use synic_msr::{index, StimerConfig};
+use synic_vmm::guest::Isr;
+
+/// 1 ms in 100 ns units.
+const PERIOD: u64 = 10_000;
+const SINT: u8 = 2;
+const HVMSG_TIMER_EXPIRED: u32 = 0x8000_0010;
+
+fn config_msr(timer: u32) -> u32 {
+    index::STIMER0_CONFIG + 2 * timer
+}
+
+fn count_msr(timer: u32) -> u32 {
+    index::STIMER0_COUNT + 2 * timer
+}
+
+/// One expiry message as the guest logged it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Expiry {
+    timer: u64,
+    expiration: u64,
+    delivery: u64,
+    pending: bool,
+}
+
+fn expiries(f: &Finished) -> Vec<Expiry> {
+    f.view()
+        .messages(0)
+        .iter()
+        .map(|m: &Logged| {
+            assert_eq!(m.message_type, HVMSG_TIMER_EXPIRED, "{m:?}");
+            assert_eq!((m.sint, m.payload_size), (SINT, 24), "{m:?}");
+            Expiry {
+                timer: m.qword(0),
+                expiration: m.qword(1),
+                delivery: m.qword(2),
+                pending: m.pending(),
+            }
+        })
+        .collect()
+}
+
+/// Asserts that expiry i is due at exactly `first + i x PERIOD` (no period lost, no drift)
+/// and never delivered before it was due.
+fn assert_on_schedule(got: &[Expiry], first: u64) {
+    for (i, e) in got.iter().enumerate() {
+        assert_eq!(
+            e.expiration,
+            first + i as u64 * PERIOD,
+            "expiry {i} is off the schedule: {e:?}"
+        );
+        assert!(e.delivery >= e.expiration, "delivered early: {e:?}");
+    }
+}
+
+/// RAX = TIME_REF_COUNT, stored in scratch slot `n`. Clobbers RAX, RCX, RDX.
+fn read_time(g: &mut SynicGuest, n: u64) {
+    g.toolkit().rdmsr_rax(index::TIME_REF_COUNT).unwrap();
+    g.store_rax(n).unwrap();
+}
+
+/// WRMSR `msr` = RAX. Clobbers RCX, RDX.
+fn wrmsr_rax(g: &mut SynicGuest, msr: u32) {
+    g.emit(|a| {
+        a.mov(rdx, rax)?;
+        a.shr(rdx, 32)?;
+        a.mov(ecx, msr)?;
+        a.wrmsr()
+    })
+    .unwrap();
+}
+
+/// A guest with the message handler on SINT 2 and its SynIC up.
+fn message_guest() -> SynicGuest {
+    let mut g = SynicGuest::new().unwrap();
+    g.message_isr(vector(SINT), SINT, Eoi::Apic).unwrap();
+    g.synic_up(&[(SINT, SintValue::vector(vector(SINT)))])
+        .unwrap();
+    g
+}
+
+fn stats(label: &str, got: &[Expiry]) {
+    let mut late: Vec<u64> = got.iter().map(|e| e.delivery - e.expiration).collect();
+    late.sort_unstable();
+    let us = |t: u64| t as f64 / 10.0;
+    eprintln!(
+        "{label}: {} expiries; delivery - expiration: median {:.1} us, p99 {:.1} us, max {:.1} us",
+        late.len(),
+        us(late[late.len() / 2]),
+        us(late[late.len() * 99 / 100]),
+        us(late[late.len() - 1]),
+    );
+}
+
+/// A periodic 1 ms timer for 1 000 ticks: every tick arrives, each reports exactly its own
+/// period (start + n ms, no drift), none early.
+fn periodic_1ms_1000_ticks(setup: Setup) {
+    let mut g = message_guest();
+    read_time(&mut g, 0);
+    g.wrmsr(count_msr(0), PERIOD).unwrap();
+    g.wrmsr(
+        config_msr(0),
+        StimerConfig::new(true, true, false, false, SINT).0,
+    )
+    .unwrap();
+    read_time(&mut g, 1);
+    g.wait_messages(1_000).unwrap();
+    g.wrmsr(config_msr(0), 0).unwrap();
+    read_time(&mut g, 2);
+    g.exit_ok().unwrap();
+    let f = run(VmSpec::new(setup, 1), &g.build().unwrap(), |_, _, _| {});
+    f.assert_exited_ok();
+    let got = expiries(&f);
+    assert!(
+        (1_000..=1_001).contains(&got.len()),
+        "{} expiries",
+        got.len()
+    );
+    assert!(got.iter().all(|e| e.timer == 0));
+    let v = f.view();
+    let (before, after, end) = (v.scratch(0, 0), v.scratch(0, 1), v.scratch(0, 2));
+    // The first period started at the enabling write, between the two reads around it.
+    let start = got[0].expiration - PERIOD;
+    assert!(
+        before <= start && start <= after,
+        "{before} <= {start} <= {after}"
+    );
+    assert_on_schedule(&got, start + PERIOD);
+    assert!(end >= start + 1_000 * PERIOD);
+    stats(&format!("periodic 1 ms, {setup:?}"), &got);
+    eprintln!(
+        "  1 000 ticks took {:.3} ms of reference time; EOMs {}",
+        (got[999].delivery - start) as f64 / 1e4,
+        v.counter(0, state::EOMS)
+    );
+}
+
+/// One-shot: COUNT is an absolute reference time; the expiry reports it, and the timer
+/// disables itself. A COUNT already in the past expires at once.
+fn one_shot_absolute_and_past(setup: Setup) {
+    let mut g = message_guest();
+    g.toolkit().rdmsr_rax(index::TIME_REF_COUNT).unwrap();
+    g.emit(|a| a.add(rax, 20_000)).unwrap(); // 2 ms from now
+    g.store_rax(0).unwrap();
+    wrmsr_rax(&mut g, count_msr(0));
+    g.wrmsr(
+        config_msr(0),
+        StimerConfig::new(true, false, false, false, SINT).0,
+    )
+    .unwrap();
+    g.wait_messages(1).unwrap();
+    g.rdmsr_report(config_msr(0)).unwrap();
+    g.wrmsr(count_msr(0), 1).unwrap();
+    read_time(&mut g, 1);
+    g.wrmsr(
+        config_msr(0),
+        StimerConfig::new(true, false, false, false, SINT).0,
+    )
+    .unwrap();
+    g.wait_messages(2).unwrap();
+    g.rdmsr_report(config_msr(0)).unwrap();
+    g.exit_ok().unwrap();
+    let f = run(VmSpec::new(setup, 1), &g.build().unwrap(), |_, _, _| {});
+    f.assert_exited_ok();
+    let got = expiries(&f);
+    assert_eq!(got.len(), 2, "{got:?}");
+    let due = f.view().scratch(0, 0);
+    assert_eq!(got[0].expiration, due);
+    assert!(got[0].delivery >= due, "{got:?}");
+    assert_eq!(got[1].expiration, 1);
+    assert!(got[1].delivery >= f.view().scratch(0, 1), "{got:?}");
+    for config in f.values(0, tag::MSR) {
+        assert!(
+            !StimerConfig(config).enabled(),
+            "a one-shot disables itself: {config:#x}"
+        );
+    }
+    assert_eq!(f.values(0, tag::MSR).len(), 2);
+}
+
+/// AutoEnable: CONFIG written without Enable does not start the timer; a non-zero COUNT
+/// write enables it; COUNT = 0 stops it.
+fn auto_enable_on_count_write(setup: Setup) {
+    let mut g = message_guest();
+    g.wrmsr(
+        config_msr(0),
+        StimerConfig::new(false, true, false, true, SINT).0,
+    )
+    .unwrap();
+    g.rdmsr_report(config_msr(0)).unwrap();
+    read_time(&mut g, 0);
+    g.wrmsr(count_msr(0), PERIOD).unwrap();
+    g.rdmsr_report(config_msr(0)).unwrap();
+    g.wait_messages(5).unwrap();
+    g.wrmsr(count_msr(0), 0).unwrap();
+    g.rdmsr_report(config_msr(0)).unwrap();
+    g.exit_ok().unwrap();
+    let f = run(VmSpec::new(setup, 1), &g.build().unwrap(), |_, _, _| {});
+    f.assert_exited_ok();
+    let enabled: Vec<bool> = f
+        .values(0, tag::MSR)
+        .into_iter()
+        .map(|c| StimerConfig(c).enabled())
+        .collect();
+    assert_eq!(enabled, vec![false, true, false]);
+    let got = expiries(&f);
+    assert!((5..=6).contains(&got.len()), "{got:?}");
+    assert!(got[0].expiration >= f.view().scratch(0, 0) + PERIOD);
+    assert_on_schedule(&got, got[0].expiration);
+}
+
+/// The guest keeps SINT 2's slot busy for 5.5 periods (interrupts off, nothing taken), then
+/// takes messages by polling. Non-lazy: every missed period arrives, oldest first, each
+/// with MessagePending while more are due, delivered by the guest's EOM. Lazy: after the
+/// busy period, only the latest period is reported.
+fn busy_slot_retry(setup: Setup, lazy: bool) {
+    let mut g = message_guest();
+    read_time(&mut g, 0);
+    g.wrmsr(count_msr(0), PERIOD).unwrap();
+    g.wrmsr(
+        config_msr(0),
+        StimerConfig::new(true, true, lazy, false, SINT).0,
+    )
+    .unwrap();
+    // Spin (interrupts off) until 5.5 periods have passed.
+    g.emit(|a| {
+        let mut spin = a.create_label();
+        a.mov(ecx, index::TIME_REF_COUNT)?;
+        a.rdmsr()?;
+        a.shl(rdx, 32)?;
+        a.mov(eax, eax)?;
+        a.or(rax, rdx)?;
+        a.lea(rbx, qword_ptr(rax + 55_000))?;
+        a.set_label(&mut spin)?;
+        a.mov(ecx, index::TIME_REF_COUNT)?;
+        a.rdmsr()?;
+        a.shl(rdx, 32)?;
+        a.mov(eax, eax)?;
+        a.or(rax, rdx)?;
+        a.cmp(rax, rbx)?;
+        a.jb(spin)
+    })
+    .unwrap();
+    let polls = if lazy { 3 } else { 6 };
+    for _ in 0..polls {
+        g.poll_message(SINT).unwrap();
+    }
+    g.wrmsr(config_msr(0), 0).unwrap();
+    g.exit_ok().unwrap();
+    let f = run(VmSpec::new(setup, 1), &g.build().unwrap(), |_, _, _| {});
+    f.assert_exited_ok();
+    let got = expiries(&f);
+    assert_eq!(got.len(), polls, "{got:#?}");
+    assert_eq!(f.view().counter(0, state::POLLED), polls as u64);
+    let counters = f.host.partition().stimer_counters(VpIndex(0)).unwrap()[0];
+    let first = got[0].expiration;
+    assert!(first >= f.view().scratch(0, 0) + PERIOD);
+    assert!(got[0].pending, "the busy slot got MessagePending: {got:#?}");
+    if lazy {
+        // 1, then the latest of 2..=5 (or later), then the next.
+        let skipped = (got[1].expiration - first) / PERIOD - 1;
+        assert_eq!((got[1].expiration - first) % PERIOD, 0);
+        assert!(skipped >= 3, "{got:#?}");
+        assert_eq!(got[2].expiration, got[1].expiration + PERIOD);
+        assert!(counters.skipped >= 3, "{counters:?}");
+    } else {
+        assert_on_schedule(&got, first);
+        assert!(got[..4].iter().all(|e| e.pending), "{got:#?}");
+        assert_eq!(counters.skipped, 0);
+        assert!(counters.deferred >= 4, "{counters:?}");
+    }
+    eprintln!("busy slot, lazy = {lazy}, {setup:?}: {got:?}; {counters:?}");
+}
+
+/// Direct mode: STIMER1 raises vector 0x60 every ms, no SINT, no message. 200 interrupts
+/// take 200 periods of reference time (none lost); CPUID advertises direct mode.
+fn direct_mode_1ms(setup: Setup) {
+    const VECTOR: u8 = 0x60;
+    let mut g = SynicGuest::new().unwrap();
+    g.toolkit().isr(VECTOR, Isr::QUIET).unwrap();
+    g.lapic_enable().unwrap();
+    g.emit(|a| {
+        a.mov(eax, 0x4000_0003u32)?;
+        a.xor(ecx, ecx)?;
+        a.cpuid()
+    })
+    .unwrap();
+    g.toolkit().report_reg(tag::VALUE, rdx).unwrap();
+    read_time(&mut g, 0);
+    g.wrmsr(count_msr(1), PERIOD).unwrap();
+    g.wrmsr(
+        config_msr(1),
+        StimerConfig::new_direct(true, true, VECTOR).0,
+    )
+    .unwrap();
+    g.toolkit().wait_for_irqs(VECTOR, 200).unwrap();
+    read_time(&mut g, 1);
+    g.wrmsr(config_msr(1), 0).unwrap();
+    g.exit_ok().unwrap();
+    let f = run(VmSpec::new(setup, 1), &g.build().unwrap(), |_, _, _| {});
+    f.assert_exited_ok();
+    let features = f.values(0, tag::VALUE)[0];
+    assert_ne!(
+        features & (1 << 19),
+        0,
+        "CPUID 0x4000_0003 EDX bit 19: {features:#x}"
+    );
+    let v = f.view();
+    let irqs = v.toolkit_irqs(0, VECTOR);
+    let periods = (v.scratch(0, 1) - v.scratch(0, 0)) / PERIOD;
+    assert_eq!(irqs, 200);
+    // 200 interrupts arrived within 200 periods (+1 for the read after the last one): none
+    // was lost or coalesced.
+    assert!(
+        (200..=201).contains(&periods),
+        "{irqs} interrupts in {periods} periods"
+    );
+    assert!(v.messages(0).is_empty(), "direct mode sends no message");
+    eprintln!("direct mode 1 ms, {setup:?}: {irqs} interrupts in {periods} periods");
+}
+
+/// TIME_REF_COUNT counts 100 ns units of real time and never goes backwards.
+fn time_ref_count_counts_real_time(setup: Setup) {
+    let mut g = SynicGuest::new().unwrap();
+    read_time(&mut g, 0);
+    g.settle().unwrap(); // the host sleeps 2 x 5 ms
+    read_time(&mut g, 1);
+    g.exit_ok().unwrap();
+    let f = run(VmSpec::new(setup, 1), &g.build().unwrap(), |_, _, _| {});
+    f.assert_exited_ok();
+    let (a, b) = (f.view().scratch(0, 0), f.view().scratch(0, 1));
+    assert!(
+        b >= a + 100_000,
+        "10 ms of sleep is 100 000 units: {a} -> {b}"
+    );
+}
+
+macro_rules! setups {
+    ($($name:ident => $scenario:expr, [$($setup:ident),*];)*) => {
+        $(
+            mod $name {
+                use super::*;
+                $(
+                    #[test]
+                    #[allow(non_snake_case)]
+                    fn $setup() {
+                        let setup = setup_named(stringify!($setup));
+                        if setup.available(concat!("timers::", stringify!($name), "::", stringify!($setup))) {
+                            ($scenario)(setup);
+                        }
+                    }
+                )*
+            }
+        )*
+    };
+}
+
+fn setup_named(name: &str) -> Setup {
+    match name {
+        "userspace" => Setup::USERSPACE,
+        "userspace_kvm_profile" => Setup::USERSPACE_KVM,
+        _ => Setup::KERNEL,
+    }
+}
+
+setups! {
+    periodic_1ms_timer_delivers_1000_ticks_on_schedule => periodic_1ms_1000_ticks, [userspace, userspace_kvm_profile, kernel];
+    one_shot_fires_at_its_absolute_time_and_disables_itself => one_shot_absolute_and_past, [userspace, userspace_kvm_profile, kernel];
+    auto_enable_starts_the_timer_on_a_count_write => auto_enable_on_count_write, [userspace, userspace_kvm_profile, kernel];
+    busy_slot_non_lazy_reports_every_missed_period => |s| busy_slot_retry(s, false), [userspace, userspace_kvm_profile];
+    busy_slot_lazy_reports_the_latest_period => |s| busy_slot_retry(s, true), [userspace, userspace_kvm_profile];
+    direct_mode_raises_the_vector_every_period => direct_mode_1ms, [userspace, userspace_kvm_profile, kernel];
+    time_ref_count_counts_100ns_of_real_time => time_ref_count_counts_real_time, [userspace, userspace_kvm_profile, kernel];
+}
