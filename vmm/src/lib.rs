@@ -12,15 +12,18 @@
 //! * [`synic_vm`]: the SynIC model attached — [`synic_vm::SynicVmBuilder`] builds a VM with the
 //!   partition, SINT routes on the VM's one routing table, hypercall connections and the
 //!   hyperv-testdev device, and gives every vCPU the model's handlers.
+//! * [`demo`] (the demo users run first) and [`bench`] (`synic-vmm bench`).
 //! * [`timers`]: the one thread that serves the synthetic timers of a userspace-mode VM.
 //!
 //! The memory map and port assignments are in [`layout`] and `docs/vmm.md`.
 
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod boot;
 pub mod control;
 pub mod cpuid;
+pub mod demo;
 pub mod devices;
 mod elf;
 pub mod error;

@@ -5,16 +5,22 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use synic_msr::Profile;
+use synic_vmm::bench::{self, BenchConfig};
+use synic_vmm::demo::{self, DemoConfig};
 use synic_vmm::devices::{DebugExit, FwCfg, Serial};
 use synic_vmm::layout::ports;
-use synic_vmm::{multiboot, StopReason, VcpuHandlers, Vm, VmConfig};
+use synic_vmm::{multiboot, ModeRequest, StopReason, VcpuHandlers, Vm, VmConfig};
 
 const USAGE: &str = "usage:
-  synic-vmm                         run the demo
+  synic-vmm [--mode auto|kernel|userspace] [--profile tlfs|kvm]
+                                    run the demo: a guest on 2 vCPUs exchanging 120 000
+                                    messages and events with the host, every one checked
   synic-vmm run [--smp N] [--mem MiB] [--timeout S] KERNEL [ARGS..]
                                     boot a multiboot kernel; its COM1 output goes to stdout
                                     and the exit status is QEMU isa-debug-exit's (value << 1 | 1)
-  synic-vmm bench                   print the performance table
+  synic-vmm bench [--mode ..] [--profile ..]
+                                    print the round-trip table (raw irqfd floor vs SynIC)
   synic-vmm linux [OPTIONS] KERNEL  boot a Linux bzImage (options: synic-vmm linux --help)";
 
 /// Exit status for usage and setup errors.
@@ -141,23 +147,97 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
     }
 }
 
+/// `--mode` and `--profile`, shared by the demo and the benchmark.
+fn parse_mode_profile(
+    argv: impl Iterator<Item = String>,
+) -> Result<(ModeRequest, Profile), String> {
+    let mut mode = ModeRequest::Auto;
+    let mut profile = Profile::Tlfs;
+    let mut argv = argv.peekable();
+    while let Some(a) = argv.next() {
+        let mut value = |name: &str| argv.next().ok_or_else(|| format!("{name} needs a value"));
+        match a.as_str() {
+            "--mode" => {
+                mode = match value("--mode")?.as_str() {
+                    "auto" => ModeRequest::Auto,
+                    "kernel" => ModeRequest::Kernel,
+                    "userspace" | "user" => ModeRequest::Userspace,
+                    other => return Err(format!("--mode {other}: auto, kernel or userspace")),
+                }
+            }
+            "--profile" => {
+                profile = match value("--profile")?.as_str() {
+                    "tlfs" => Profile::Tlfs,
+                    "kvm" => Profile::Kvm,
+                    other => return Err(format!("--profile {other}: tlfs or kvm")),
+                }
+            }
+            other => return Err(format!("unknown option {other}\n{USAGE}")),
+        }
+    }
+    Ok((mode, profile))
+}
+
+fn run_demo(mode: ModeRequest, profile: Profile) -> Result<ExitCode, String> {
+    let config = DemoConfig {
+        mode,
+        profile,
+        ..DemoConfig::default()
+    };
+    println!(
+        "synic-vmm demo: {} vCPUs, {} messages and {} events each way per vCPU",
+        config.vcpus, config.messages, config.events
+    );
+    let report = demo::run(&config, Duration::from_secs(2), |line| {
+        eprintln!("synic-vmm: {line}")
+    })
+    .map_err(|e| e.to_string())?;
+    println!("{report}");
+    if report.passed() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("synic-vmm: demo FAILED");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn run_bench(mode: ModeRequest, profile: Profile) -> Result<ExitCode, String> {
+    let config = BenchConfig {
+        mode,
+        profile,
+        ..BenchConfig::default()
+    };
+    eprintln!(
+        "synic-vmm bench: {} rounds x {} round trips per kind (after {} warm-up), interleaved",
+        config.rounds, config.iterations, config.warmup
+    );
+    let report = bench::run(&config).map_err(|e| e.to_string())?;
+    print!("{report}");
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
-    let mut argv = std::env::args().skip(1);
-    let result = match argv.next().as_deref() {
-        None => Err(
-            "the demo is not wired yet: it needs the SynIC model (synic/); \
-                     `synic-vmm run KERNEL` works today"
-                .to_string(),
-        ),
-        Some("run") => parse_run(argv).and_then(run),
-        Some("linux") => synic_vmm::linux::cli::command(argv).map(ExitCode::from),
-        Some("bench") => Err("the benchmarks are not written yet".to_string()),
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rest = || args.iter().skip(1).cloned();
+    let result = match args.first().map(String::as_str) {
+        // The demo: no command, or only its options.
+        None => run_demo(ModeRequest::Auto, Profile::Tlfs),
+        Some(a) if a.starts_with("--") && a != "--help" => {
+            parse_mode_profile(args.iter().cloned()).and_then(|(m, p)| run_demo(m, p))
+        }
+        Some("run") => parse_run(rest()).and_then(run),
+        Some("linux") => synic_vmm::linux::cli::command(rest()).map(ExitCode::from),
+        Some("bench") => parse_mode_profile(rest()).and_then(|(m, p)| run_bench(m, p)),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
         }
         Some(other) => Err(format!("unknown command {other}\n{USAGE}")),
     };
+    finish(result)
+}
+
+fn finish(result: Result<ExitCode, String>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(message) => {
