@@ -309,6 +309,34 @@ impl SynicGuest {
         })
     }
 
+    /// Like [`SynicGuest::wait_counter`], but gives up after `rounds` settle periods (interrupts
+    /// open while the host sleeps [`layout::SETTLE_MS`] ms each): for things that may
+    /// legitimately never happen. Returns with interrupts off. Clobbers RAX, RCX, RDX.
+    pub fn wait_counter_bounded(&mut self, offset: u64, count: u64, rounds: u32) -> Result<()> {
+        self.emit(|a| {
+            let mut top = a.create_label();
+            let mut done = a.create_label();
+            a.mov(edx, rounds)?;
+            a.push(rdx)?;
+            a.set_label(&mut top)?;
+            a.cli()?;
+            area_address(a, rax, layout::STATE + offset)?;
+            a.mov(rax, qword_ptr(rax))?;
+            a.mov(rcx, count)?;
+            a.cmp(rax, rcx)?;
+            a.jae(done)?;
+            a.cmp(qword_ptr(rsp), 0)?;
+            a.je(done)?;
+            a.dec(qword_ptr(rsp))?;
+            a.sti()?;
+            a.mov(edx, u32::from(ports::SETTLE))?;
+            a.out(dx, eax)?;
+            a.jmp(top)?;
+            a.set_label(&mut done)?;
+            a.add(rsp, 8)
+        })
+    }
+
     /// Waits until this vCPU has taken `count` messages in all.
     pub fn wait_messages(&mut self, count: u64) -> Result<()> {
         self.wait_counter(state::MESSAGES, count)

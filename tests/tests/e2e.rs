@@ -1,7 +1,7 @@
 //! Every scenario in every setup: `userspace` (this library's SynIC, TLFS profile),
 //! `userspace_kvm_profile` (this library's SynIC with KVM's register semantics) and `kernel`
 //! (KVM's in-kernel SynIC, KVM_CAP_HYPERV_SYNIC2). The kernel tests skip loudly without
-//! SYNIC2; run them under `/work/shared/tools/kvm-lab/kvm-lab` (see docs/e2e.md).
+//! SYNIC2; run them under `/work/shared/tools/kvm-lab/kvm-lab` (see tests/README.md).
 
 use synic_e2e::scenarios::*;
 use synic_e2e::Setup;
