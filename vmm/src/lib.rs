@@ -12,6 +12,7 @@
 //! * [`synic_vm`]: the SynIC model attached — [`synic_vm::SynicVmBuilder`] builds a VM with the
 //!   partition, SINT routes on the VM's one routing table, hypercall connections and the
 //!   hyperv-testdev device, and gives every vCPU the model's handlers.
+//! * [`demo`] (the demo users run first) and [`bench`](mod@bench) (`synic-vmm bench`).
 //! * [`demo`] (the demo users run first) and [`bench`] (`synic-vmm bench`).
 //! * [`timers`]: the one thread that serves the synthetic timers of a userspace-mode VM.
 //!

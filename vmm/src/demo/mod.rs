@@ -159,8 +159,10 @@ pub struct DemoReport {
     pub spurious: u64,
     /// Exits to userspace (all vCPUs).
     pub exits: u64,
-    /// EOMs the guests wrote (userspace mode).
+    /// EOMs the guests wrote (userspace mode: each is an exit).
     pub eoms: u64,
+    /// Acks the model received (kernel mode: resamplefd signals after EOIs and EOMs).
+    pub acks: u64,
 }
 
 impl DemoReport {
@@ -223,13 +225,16 @@ impl std::fmt::Display for DemoReport {
             "guest -> host events    {:>8}  (HvSignalEvent)",
             t.guest_to_host_events
         )?;
+        let acks = match self.mode {
+            SynicMode::Userspace => format!("{} EOM exits", self.eoms),
+            SynicMode::Kernel => format!("{} resamplefd acks", self.acks),
+        };
         writeln!(
             f,
-            "total                   {:>8}  in {:.2} s ({} exits to userspace, {} EOMs)",
+            "total                   {:>8}  in {:.2} s ({} exits to userspace, {acks})",
             t.total(),
             self.elapsed.as_secs_f64(),
             self.exits,
-            self.eoms
         )?;
         let (msgs, evts, d) = self.pipelined;
         let secs = d.as_secs_f64().max(1e-9);
@@ -423,6 +428,7 @@ pub fn run(
         spurious: 0,
         exits,
         eoms: 0,
+        acks: 0,
     };
     if let Some(reason) = stopped_early {
         report
@@ -470,11 +476,10 @@ pub fn run(
         }
         report.retries += gs(stat::RETRIES);
         report.spurious += gs(stat::SPURIOUS);
-        report.eoms += synic
-            .partition()
-            .counters(synic::VpIndex(v))
-            .map(|c| c.eoms)
-            .unwrap_or(0);
+        if let Ok(counters) = synic.partition().counters(synic::VpIndex(v)) {
+            report.eoms += counters.eoms;
+            report.acks += counters.total().acks;
+        }
         message_latency.extend_from_slice(&d.message_latency);
         event_latency.extend_from_slice(&d.event_latency);
         if let Some((s, e)) = d.pipelined {
