@@ -13,7 +13,6 @@
 //!   partition, SINT routes on the VM's one routing table, hypercall connections and the
 //!   hyperv-testdev device, and gives every vCPU the model's handlers.
 //! * [`demo`] (the demo users run first) and [`bench`](mod@bench) (`synic-vmm bench`).
-//! * [`demo`] (the demo users run first) and [`bench`] (`synic-vmm bench`).
 //! * [`timers`]: the one thread that serves the synthetic timers of a userspace-mode VM.
 //!
 //! The memory map and port assignments are in [`layout`] and `docs/vmm.md`.
