@@ -2,14 +2,16 @@
 //! the expiries in its interrupt handlers (TLFS order: copy, free, EOI, MessagePending -> EOM).
 //!
 //! Userspace mode (this library's timers, served by the VMM's timer thread) in both register
-//! profiles; the kernel-mode variants run KVM's in-kernel timers and skip loudly without
-//! KVM_CAP_HYPERV_SYNIC2 (run them under kvm-lab). Busy-slot retry is userspace only: KVM
-//! drops a periodic tick whose slot is busy (docs/timers.md).
+//! profiles: every period is reported, exactly on schedule. The kernel-mode variants run KVM's
+//! in-kernel timers (they skip loudly without KVM_CAP_HYPERV_SYNIC2; run them under kvm-lab)
+//! and check only what KVM promises: expiries stay on the period's phase grid, but periods
+//! the vCPU could not take are lost (the tests print how many). Busy-slot retry is userspace
+//! only: KVM drops a periodic tick whose slot is busy (docs/timers.md).
 
 use iced_x86::code_asm::*;
 use synic::VpIndex;
-use synic_e2e::layout::{state, tag, vector};
-use synic_e2e::{run, Eoi, Finished, Logged, Setup, SintValue, SynicGuest, VmSpec};
+use synic_e2e::layout::{self, state, tag, vector};
+use synic_e2e::{run, Eoi, Finished, Logged, Mode, Setup, SintValue, SynicGuest, VmSpec};
 use synic_msr::{index, StimerConfig};
 use synic_vmm::guest::Isr;
 
@@ -35,10 +37,16 @@ struct Expiry {
     pending: bool,
 }
 
-fn expiries(f: &Finished) -> Vec<Expiry> {
-    f.view()
-        .messages(0)
-        .iter()
+/// The expiries the guest took, in order, plus (`with_slot`) one still in the slot when it
+/// stopped (the model counted it as signalled).
+fn expiries(f: &Finished, with_slot: bool) -> Vec<Expiry> {
+    let v = f.view();
+    let mut log = v.messages(0);
+    let left = v.slot(0, layout::SIMP, SINT);
+    if with_slot && log_complete(f) && left.message_type != 0 {
+        log.push(left);
+    }
+    log.iter()
         .map(|m: &Logged| {
             assert_eq!(m.message_type, HVMSG_TIMER_EXPIRED, "{m:?}");
             assert_eq!((m.sint, m.payload_size), (SINT, 24), "{m:?}");
@@ -52,6 +60,11 @@ fn expiries(f: &Finished) -> Vec<Expiry> {
         .collect()
 }
 
+/// Whether the guest's log holds every message it took (it keeps the first `LOG_CAP`).
+fn log_complete(f: &Finished) -> bool {
+    f.view().counter(0, state::MESSAGES) <= layout::LOG_CAP
+}
+
 /// Asserts that expiry i is due at exactly `first + i x PERIOD` (no period lost, no drift)
 /// and never delivered before it was due.
 fn assert_on_schedule(got: &[Expiry], first: u64) {
@@ -62,6 +75,52 @@ fn assert_on_schedule(got: &[Expiry], first: u64) {
             "expiry {i} is off the schedule: {e:?}"
         );
         assert!(e.delivery >= e.expiration, "delivered early: {e:?}");
+    }
+}
+
+/// Asserts that every expiry is due at `first + k x PERIOD` for strictly increasing k (the
+/// phase is kept, periods may be missing) and never delivered early. Returns how many periods
+/// were never reported.
+fn assert_on_grid(got: &[Expiry], first: u64) -> u64 {
+    let mut last = None;
+    for e in got {
+        assert!(e.expiration >= first, "{e:?}");
+        let since = e.expiration - first;
+        assert_eq!(since % PERIOD, 0, "off the phase grid: {e:?}");
+        let k = since / PERIOD;
+        assert!(last.is_none_or(|l| k > l), "not increasing: {e:?}");
+        assert!(e.delivery >= e.expiration, "delivered early: {e:?}");
+        last = Some(k);
+    }
+    last.map_or(0, |l| l + 1 - got.len() as u64)
+}
+
+/// Userspace mode: every period, in order — except periods the model skipped because the
+/// guest fell more than `MAX_CATCH_UP_PERIODS` behind (only seen on a guest far too slow for
+/// a 1 ms timer, e.g. under kvm-lab's emulation): each gap must be such a skip. Kernel mode
+/// (KVM): the phase grid; lost periods are printed.
+fn assert_periods(setup: Setup, label: &str, f: &Finished, got: &[Expiry], first: u64) {
+    let lost = assert_on_grid(got, first);
+    let total = got.len() as u64 + lost;
+    if setup.mode == Mode::Kernel {
+        eprintln!("{label}, {setup:?}: KVM lost {lost} of {total} periods");
+        return;
+    }
+    let c = f.host.partition().stimer_counters(VpIndex(0)).unwrap()[0];
+    eprintln!("{label}, {setup:?}: {lost} of {total} periods skipped by the catch-up cap; {c:?}");
+    if log_complete(f) {
+        assert_eq!(lost, c.skipped, "every missing period is a counted skip");
+    } else {
+        assert!(lost <= c.skipped, "every missing period is a counted skip");
+    }
+    let cap = synic::MAX_CATCH_UP_PERIODS;
+    for pair in got.windows(2) {
+        if pair[1].expiration != pair[0].expiration + PERIOD {
+            assert!(
+                pair[1].delivery - pair[1].expiration >= (cap - 1) * PERIOD,
+                "a gap without a backlog past the cap: {pair:?}"
+            );
+        }
     }
 }
 
@@ -80,6 +139,15 @@ fn wrmsr_rax(g: &mut SynicGuest, msr: u32) {
         a.wrmsr()
     })
     .unwrap();
+}
+
+/// One vCPU; a generous limit (the guests take about a second here, minutes under kvm-lab's
+/// emulation; a lost timer interrupt still ends the run at the limit).
+fn spec(setup: Setup) -> VmSpec {
+    VmSpec {
+        limit: std::time::Duration::from_secs(120),
+        ..VmSpec::new(setup, 1)
+    }
 }
 
 /// A guest with the message handler on SINT 2 and its SynIC up.
@@ -120,14 +188,12 @@ fn periodic_1ms_1000_ticks(setup: Setup) {
     g.wrmsr(config_msr(0), 0).unwrap();
     read_time(&mut g, 2);
     g.exit_ok().unwrap();
-    let f = run(VmSpec::new(setup, 1), &g.build().unwrap(), |_, _, _| {});
+    let f = run(spec(setup), &g.build().unwrap(), |_, _, _| {});
     f.assert_exited_ok();
-    let got = expiries(&f);
-    assert!(
-        (1_000..=1_001).contains(&got.len()),
-        "{} expiries",
-        got.len()
-    );
+    let got = expiries(&f, true);
+    // A guest that has fallen behind takes the backlog's next expiry (its EOM brings it at
+    // once) before its wait loop looks at the count again: 1 000 or more.
+    assert!(got.len() >= 1_000, "{} expiries", got.len());
     assert!(got.iter().all(|e| e.timer == 0));
     let v = f.view();
     let (before, after, end) = (v.scratch(0, 0), v.scratch(0, 1), v.scratch(0, 2));
@@ -137,7 +203,7 @@ fn periodic_1ms_1000_ticks(setup: Setup) {
         before <= start && start <= after,
         "{before} <= {start} <= {after}"
     );
-    assert_on_schedule(&got, start + PERIOD);
+    assert_periods(setup, "periodic 1 ms", &f, &got, start + PERIOD);
     assert!(end >= start + 1_000 * PERIOD);
     stats(&format!("periodic 1 ms, {setup:?}"), &got);
     eprintln!(
@@ -172,9 +238,9 @@ fn one_shot_absolute_and_past(setup: Setup) {
     g.wait_messages(2).unwrap();
     g.rdmsr_report(config_msr(0)).unwrap();
     g.exit_ok().unwrap();
-    let f = run(VmSpec::new(setup, 1), &g.build().unwrap(), |_, _, _| {});
+    let f = run(spec(setup), &g.build().unwrap(), |_, _, _| {});
     f.assert_exited_ok();
-    let got = expiries(&f);
+    let got = expiries(&f, false);
     assert_eq!(got.len(), 2, "{got:?}");
     let due = f.view().scratch(0, 0);
     assert_eq!(got[0].expiration, due);
@@ -207,7 +273,7 @@ fn auto_enable_on_count_write(setup: Setup) {
     g.wrmsr(count_msr(0), 0).unwrap();
     g.rdmsr_report(config_msr(0)).unwrap();
     g.exit_ok().unwrap();
-    let f = run(VmSpec::new(setup, 1), &g.build().unwrap(), |_, _, _| {});
+    let f = run(spec(setup), &g.build().unwrap(), |_, _, _| {});
     f.assert_exited_ok();
     let enabled: Vec<bool> = f
         .values(0, tag::MSR)
@@ -215,10 +281,10 @@ fn auto_enable_on_count_write(setup: Setup) {
         .map(|c| StimerConfig(c).enabled())
         .collect();
     assert_eq!(enabled, vec![false, true, false]);
-    let got = expiries(&f);
-    assert!((5..=6).contains(&got.len()), "{got:?}");
+    let got = expiries(&f, true);
+    assert!(got.len() >= 5, "{got:?}");
     assert!(got[0].expiration >= f.view().scratch(0, 0) + PERIOD);
-    assert_on_schedule(&got, got[0].expiration);
+    assert_periods(setup, "auto-enable", &f, &got, got[0].expiration);
 }
 
 /// The guest keeps SINT 2's slot busy for 5.5 periods (interrupts off, nothing taken), then
@@ -259,9 +325,9 @@ fn busy_slot_retry(setup: Setup, lazy: bool) {
     }
     g.wrmsr(config_msr(0), 0).unwrap();
     g.exit_ok().unwrap();
-    let f = run(VmSpec::new(setup, 1), &g.build().unwrap(), |_, _, _| {});
+    let f = run(spec(setup), &g.build().unwrap(), |_, _, _| {});
     f.assert_exited_ok();
-    let got = expiries(&f);
+    let got = expiries(&f, false);
     assert_eq!(got.len(), polls, "{got:#?}");
     assert_eq!(f.view().counter(0, state::POLLED), polls as u64);
     let counters = f.host.partition().stimer_counters(VpIndex(0)).unwrap()[0];
@@ -269,17 +335,18 @@ fn busy_slot_retry(setup: Setup, lazy: bool) {
     assert!(first >= f.view().scratch(0, 0) + PERIOD);
     assert!(got[0].pending, "the busy slot got MessagePending: {got:#?}");
     if lazy {
-        // 1, then the latest of 2..=5 (or later), then the next.
-        let skipped = (got[1].expiration - first) / PERIOD - 1;
-        assert_eq!((got[1].expiration - first) % PERIOD, 0);
-        assert!(skipped >= 3, "{got:#?}");
-        assert_eq!(got[2].expiration, got[1].expiration + PERIOD);
-        assert!(counters.skipped >= 3, "{counters:?}");
+        // 1, then the latest period due when the guest freed the slot (5 or later), then a
+        // later one: on the phase grid, never a stale period.
+        let lost = assert_on_grid(&got, first);
+        assert!(got[1].expiration >= first + 4 * PERIOD, "{got:#?}");
+        assert!(lost >= 3 && counters.skipped >= 3, "{got:#?} {counters:?}");
     } else {
         assert_on_schedule(&got, first);
         assert!(got[..4].iter().all(|e| e.pending), "{got:#?}");
         assert_eq!(counters.skipped, 0);
-        assert!(counters.deferred >= 4, "{counters:?}");
+        // At least one poll found the slot busy (how many depends on when the timer thread
+        // ran); the expiries waited instead of being dropped.
+        assert!(counters.deferred >= 1, "{counters:?}");
     }
     eprintln!("busy slot, lazy = {lazy}, {setup:?}: {got:?}; {counters:?}");
 }
@@ -306,29 +373,39 @@ fn direct_mode_1ms(setup: Setup) {
     )
     .unwrap();
     g.toolkit().wait_for_irqs(VECTOR, 200).unwrap();
+    // Interrupts are off from here: the count and the time belong together.
     read_time(&mut g, 1);
     g.wrmsr(config_msr(1), 0).unwrap();
+    g.report_toolkit_irqs(VECTOR).unwrap();
+    g.store_rax(2).unwrap();
     g.exit_ok().unwrap();
-    let f = run(VmSpec::new(setup, 1), &g.build().unwrap(), |_, _, _| {});
+    let f = run(spec(setup), &g.build().unwrap(), |_, _, _| {});
     f.assert_exited_ok();
     let features = f.values(0, tag::VALUE)[0];
+    assert_eq!(f.values(0, tag::VALUE).len(), 2);
     assert_ne!(
         features & (1 << 19),
         0,
         "CPUID 0x4000_0003 EDX bit 19: {features:#x}"
     );
     let v = f.view();
-    let irqs = v.toolkit_irqs(0, VECTOR);
+    let irqs = v.scratch(0, 2);
     let periods = (v.scratch(0, 1) - v.scratch(0, 0)) / PERIOD;
-    assert_eq!(irqs, 200);
-    // 200 interrupts arrived within 200 periods (+1 for the read after the last one): none
-    // was lost or coalesced.
-    assert!(
-        (200..=201).contains(&periods),
-        "{irqs} interrupts in {periods} periods"
-    );
+    assert!(irqs >= 200, "{irqs}");
     assert!(v.messages(0).is_empty(), "direct mode sends no message");
-    eprintln!("direct mode 1 ms, {setup:?}: {irqs} interrupts in {periods} periods");
+    if setup.mode == Mode::Userspace {
+        // Every period was raised (none skipped), as one interrupt each: the APIC could only
+        // merge two raises if the vCPU did not run for a whole period.
+        let c = f.host.partition().stimer_counters(VpIndex(0)).unwrap()[1];
+        assert_eq!(c.skipped, 0, "{c:?}");
+        assert!(c.signalled >= irqs, "{c:?}");
+        eprintln!(
+            "direct mode 1 ms, {setup:?}: {irqs} interrupts taken in {periods} periods, {} raised",
+            c.signalled
+        );
+    } else {
+        eprintln!("direct mode 1 ms, {setup:?}: {irqs} interrupts taken in {periods} periods");
+    }
 }
 
 /// TIME_REF_COUNT counts 100 ns units of real time and never goes backwards.
@@ -338,7 +415,7 @@ fn time_ref_count_counts_real_time(setup: Setup) {
     g.settle().unwrap(); // the host sleeps 2 x 5 ms
     read_time(&mut g, 1);
     g.exit_ok().unwrap();
-    let f = run(VmSpec::new(setup, 1), &g.build().unwrap(), |_, _, _| {});
+    let f = run(spec(setup), &g.build().unwrap(), |_, _, _| {});
     f.assert_exited_ok();
     let (a, b) = (f.view().scratch(0, 0), f.view().scratch(0, 1));
     assert!(
