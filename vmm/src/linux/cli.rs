@@ -5,12 +5,16 @@ use std::time::Duration;
 use super::{run, LinuxImage, LinuxReport, LinuxRun, PowerEvent};
 use crate::control::StopReason;
 use crate::probe::ModeRequest;
+use crate::vmbus::Version;
 
 /// Usage of `synic-vmm linux`.
 pub const USAGE: &str =
     "  synic-vmm linux [--smp N] [--mem MiB] [--timeout S] [--mode auto|kernel|userspace]
-                  [--no-hyperv] [--no-vmbus] [--initrd FILE] [--append ARGS] KERNEL
-                                    boot a Linux bzImage with COM1 on stdout; exit status 0
+                  [--no-hyperv] [--no-vmbus] [--vmbus-max-version X.Y] [--initrd FILE]
+                  [--append ARGS] KERNEL
+                                    boot a Linux bzImage with COM1 on stdout (Hyper-V
+                                    enlightenments, SynIC and the VMBus host on by default; the
+                                    VMBus exchange is printed on stderr at the end); exit status 0
                                     when the guest powers off or halts, 3 on reset";
 
 /// The command line every boot gets; `--append` adds to it.
@@ -34,6 +38,7 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<LinuxRun, String> {
         mem_size: 256 << 20,
         mode: ModeRequest::Auto,
         hyperv: true,
+        vmbus: Some(Version::WIN10_V5_3),
         timeout: None,
         console: Box::new(std::io::stdout()),
         progress: None,
@@ -76,7 +81,18 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<LinuxRun, String> {
                 }
             }
             "--no-hyperv" => r.hyperv = false,
-            "--no-vmbus" => r.image.vmbus_acpi = false,
+            "--no-vmbus" => r.vmbus = None,
+            "--vmbus-max-version" => {
+                let v = value("--vmbus-max-version")?;
+                let parsed = v
+                    .split_once('.')
+                    .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
+                    .map(|(a, b)| Version(a << 16 | b))
+                    .filter(|v| Version::ALL.contains(v));
+                r.vmbus = Some(parsed.ok_or(format!(
+                    "--vmbus-max-version {v}: one of 5.3 5.2 5.1 5.0 4.1 4.0 3.0 2.4 1.1 0.13"
+                ))?);
+            }
             "--initrd" => {
                 let path = value("--initrd")?;
                 r.image.initrd =
@@ -149,6 +165,23 @@ pub fn command(argv: impl Iterator<Item = String>) -> Result<u8, String> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let (line, status) = summary(&report);
+
+    if let Some(log) = &report.vmbus {
+        eprintln!(
+            "vmbus: {} messages exchanged, {} refused; negotiated {}; {}",
+            log.exchanges.len(),
+            log.errors(),
+            log.negotiated
+                .map_or("no version".to_string(), |v| format!("version {v}")),
+            match log.connection {
+                Some(c) => format!("connected at the end (VP{} SINT{})", c.vp.0, c.sint.get()),
+                None => "disconnected at the end".to_string(),
+            }
+        );
+        for e in &log.exchanges {
+            eprintln!("vmbus: {e}");
+        }
+    }
     eprintln!("{line}");
     Ok(status)
 }

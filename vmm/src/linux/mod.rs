@@ -6,7 +6,7 @@
 //! timer), the kernel and initrd loaded by the 64-bit boot protocol, and the BSP at the
 //! kernel's 64-bit entry point. Time: the TSC, with its frequency (and the LAPIC timer's)
 //! published through the Hyper-V frequency MSRs when the guest sees Hyper-V
-//! ([`FrequencyMsrs`]), else calibrated by the kernel against the PIT; the PIT, then the LAPIC
+//! ([`HvPlatformMsrs`]), else calibrated by the kernel against the PIT; the PIT, then the LAPIC
 //! timer, as clock events; the ACPI PM timer and TIME_REF_COUNT as clock sources.
 //!
 //! [`run`] does the whole thing (with or without the SynIC model and the VMBus control plane)
@@ -89,39 +89,49 @@ pub const KVM_APIC_BUS_HZ: u64 = 1_000_000_000;
 /// The ISA IRQ of COM1.
 pub const COM1_IRQ: u32 = 4;
 
-/// Answers HV_X64_MSR_TSC_FREQUENCY and HV_X64_MSR_APIC_FREQUENCY (userspace mode, where every
-/// Hyper-V MSR exits to the VMM) and hands every other MSR to `inner`.
-pub struct FrequencyMsrs {
+/// HV_X64_MSR_VP_ASSIST_PAGE: bit 0 enable, 63:12 the page's GPA.
+pub const HV_MSR_VP_ASSIST_PAGE: u32 = 0x4000_0073;
+
+/// The Hyper-V MSRs outside the SynIC model that Linux uses, for userspace mode (where every
+/// Hyper-V MSR exits to the VMM): HV_X64_MSR_TSC_FREQUENCY and HV_X64_MSR_APIC_FREQUENCY
+/// (read-only), and HV_X64_MSR_VP_ASSIST_PAGE, which Linux 6.1 writes on every CPU whatever
+/// CPUID says. The VP assist page is only stored: no feature that reads it (enlightened VMCS,
+/// PV EOI) is advertised. Every other MSR goes to `inner`.
+pub struct HvPlatformMsrs {
     inner: Box<dyn MsrHandler>,
     tsc_hz: u64,
     apic_hz: u64,
+    vp_assist: u64,
 }
 
-impl std::fmt::Debug for FrequencyMsrs {
+impl std::fmt::Debug for HvPlatformMsrs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FrequencyMsrs")
+        f.debug_struct("HvPlatformMsrs")
             .field("tsc_hz", &self.tsc_hz)
             .field("apic_hz", &self.apic_hz)
+            .field("vp_assist", &self.vp_assist)
             .finish_non_exhaustive()
     }
 }
 
-impl FrequencyMsrs {
-    /// Wraps `inner`, answering the two frequency MSRs with these values.
+impl HvPlatformMsrs {
+    /// Wraps `inner`, answering the frequency MSRs with these values.
     pub fn new(inner: Box<dyn MsrHandler>, tsc_hz: u64, apic_hz: u64) -> Self {
         Self {
             inner,
             tsc_hz,
             apic_hz,
+            vp_assist: 0,
         }
     }
 }
 
-impl MsrHandler for FrequencyMsrs {
+impl MsrHandler for HvPlatformMsrs {
     fn rdmsr(&mut self, msr: u32) -> Result<u64, MsrError> {
         match msr {
             HV_MSR_TSC_FREQUENCY => Ok(self.tsc_hz),
             HV_MSR_APIC_FREQUENCY => Ok(self.apic_hz),
+            HV_MSR_VP_ASSIST_PAGE => Ok(self.vp_assist),
             _ => self.inner.rdmsr(msr),
         }
     }
@@ -130,6 +140,18 @@ impl MsrHandler for FrequencyMsrs {
         match msr {
             HV_MSR_TSC_FREQUENCY | HV_MSR_APIC_FREQUENCY => {
                 Err(Gp::new(msr, GpReason::ReadOnly).into())
+            }
+            // Bits 11:1 are reserved (KVM: #GP when set).
+            HV_MSR_VP_ASSIST_PAGE if value & 0xFFE != 0 => Err(Gp::new(
+                msr,
+                GpReason::ReservedBits {
+                    bits: value & 0xFFE,
+                },
+            )
+            .into()),
+            HV_MSR_VP_ASSIST_PAGE => {
+                self.vp_assist = value;
+                Ok(())
             }
             _ => self.inner.wrmsr(msr, value),
         }
@@ -148,7 +170,7 @@ pub struct LinuxImage {
     /// Whether the DSDT declares the VMBus device.
     pub vmbus_acpi: bool,
     /// Whether CPUID advertises the Hyper-V frequency MSRs (the VM must then answer them:
-    /// KVM does in kernel mode, [`FrequencyMsrs`] in userspace mode).
+    /// KVM does in kernel mode, [`HvPlatformMsrs`] in userspace mode).
     pub frequency_msrs: bool,
 }
 
@@ -258,12 +280,19 @@ mod tests {
     use crate::msr::VpIndexOnly;
 
     #[test]
-    fn frequency_msrs_answer_and_delegate() {
-        let mut m = FrequencyMsrs::new(Box::new(VpIndexOnly { vp_index: 2 }), 2_500_000_000, 7);
+    fn platform_msrs_answer_and_delegate() {
+        let mut m = HvPlatformMsrs::new(Box::new(VpIndexOnly { vp_index: 2 }), 2_500_000_000, 7);
         assert_eq!(m.rdmsr(HV_MSR_TSC_FREQUENCY), Ok(2_500_000_000));
         assert_eq!(m.rdmsr(HV_MSR_APIC_FREQUENCY), Ok(7));
         assert_eq!(m.rdmsr(synic_msr::index::VP_INDEX), Ok(2));
         assert!(m.wrmsr(HV_MSR_TSC_FREQUENCY, 1).is_err());
         assert!(m.rdmsr(synic_msr::index::SCONTROL).is_err());
+        assert_eq!(m.rdmsr(HV_MSR_VP_ASSIST_PAGE), Ok(0));
+        assert!(
+            m.wrmsr(HV_MSR_VP_ASSIST_PAGE, 0x11B_0003).is_err(),
+            "reserved bit 1"
+        );
+        m.wrmsr(HV_MSR_VP_ASSIST_PAGE, 0x11B_0001).unwrap();
+        assert_eq!(m.rdmsr(HV_MSR_VP_ASSIST_PAGE), Ok(0x11B_0001));
     }
 }

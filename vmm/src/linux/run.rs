@@ -3,11 +3,13 @@
 use std::io::Write;
 use std::time::Duration;
 
-use super::{prepare, FrequencyMsrs, LinuxError, LinuxImage, PowerEvent, KVM_APIC_BUS_HZ};
+use super::{prepare, HvPlatformMsrs, LinuxError, LinuxImage, PowerEvent, KVM_APIC_BUS_HZ};
 use crate::cpuid::HvFeatures;
 use crate::probe::{ModeRequest, SynicMode};
+use crate::synic_vm::SynicVmBuilder;
 use crate::vcpu::VcpuHandlers;
 use crate::vm::{RunOutcome, Vm, VmConfig};
+use crate::vmbus::{Version, VmbusHost, VmbusLog};
 
 /// How to run a Linux guest.
 pub struct LinuxRun {
@@ -22,6 +24,8 @@ pub struct LinuxRun {
     /// Show the guest Hyper-V (CPUID, hypercall page, VP_INDEX, TIME_REF_COUNT, frequency
     /// MSRs). Without it the guest sees a plain PC.
     pub hyperv: bool,
+    /// Attach the VMBus host control plane (needs `hyperv`), speaking versions up to this.
+    pub vmbus: Option<Version>,
     /// Wall-clock limit.
     pub timeout: Option<Duration>,
     /// Where the guest's console goes.
@@ -50,8 +54,11 @@ pub struct LinuxReport {
     pub outcome: RunOutcome,
     /// The guest's power event, if it asked to stop.
     pub power: Option<PowerEvent>,
-    /// The TSC frequency the guest was told (Hz).
+    /// The TSC frequency KVM runs the guest's TSC at (Hz); the guest is told it through
+    /// HV_X64_MSR_TSC_FREQUENCY when it sees Hyper-V.
     pub tsc_hz: u64,
+    /// The VMBus host's exchange log, when it was attached.
+    pub vmbus: Option<VmbusLog>,
 }
 
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
@@ -69,46 +76,82 @@ const NO_HYPERV: HvFeatures = HvFeatures {
     sint_polling: false,
 };
 
+/// What a Linux guest sees of Hyper-V: the partition registers, VP_INDEX, SynIC and the two
+/// hypercalls. Synthetic timers stay hidden: with them Linux moves its clock events onto STIMER0
+/// messages on the VMBus SINT, which in kernel mode KVM writes into the same slot the library
+/// writes VMBus messages to.
+const LINUX_HYPERV: HvFeatures = HvFeatures {
+    stimer: false,
+    direct_stimer: false,
+    sint_polling: false,
+    ..HvFeatures::SYNIC
+};
+
 /// Boots the guest and waits for it to stop.
 pub fn run(mut r: LinuxRun) -> Result<LinuxReport, LinuxError> {
-    if r.hyperv {
-        return Err(LinuxError::Config(
-            "Hyper-V enlightenments need the SynIC wiring".into(),
-        ));
-    }
     let image = LinuxImage {
         frequency_msrs: r.hyperv,
-        vmbus_acpi: r.image.vmbus_acpi && r.hyperv,
+        vmbus_acpi: r.vmbus.is_some() && r.hyperv,
         ..r.image.clone()
     };
-    let mut vm = Vm::new(VmConfig {
-        vcpus: r.vcpus,
-        mem_size: r.mem_size,
-        mode: r.mode,
-        features: NO_HYPERV,
-        ..VmConfig::default()
-    })?;
-    let mode = vm.mode();
-    let machine = prepare(&mut vm, &image, r.console)?;
-    let tsc_hz = machine.tsc_hz;
-    let frequency = image.frequency_msrs && mode == SynicMode::Userspace;
-    let running = vm.start(|vcpu| {
-        let mut h = VcpuHandlers::without_synic(vcpu);
-        if frequency {
-            h.msr = Box::new(FrequencyMsrs::new(h.msr, tsc_hz, KVM_APIC_BUS_HZ));
-        }
-        h
-    })?;
     let mut progress = r.progress.take();
-    let outcome = running.wait_with_progress(r.timeout, PROGRESS_INTERVAL, |t, exits| {
+    let mut tick = move |t: Duration, exits: &[u64]| {
         if let Some(p) = progress.as_mut() {
             p(t, exits.iter().sum());
         }
-    });
+    };
+    if !r.hyperv {
+        let mut vm = Vm::new(VmConfig {
+            vcpus: r.vcpus,
+            mem_size: r.mem_size,
+            mode: r.mode,
+            features: NO_HYPERV,
+            ..VmConfig::default()
+        })?;
+        let mode = vm.mode();
+        let machine = prepare(&mut vm, &image, r.console)?;
+        let running = vm.start(VcpuHandlers::without_synic)?;
+        let outcome = running.wait_with_progress(r.timeout, PROGRESS_INTERVAL, &mut tick);
+        return Ok(LinuxReport {
+            mode,
+            power: machine.power.event(),
+            outcome,
+            tsc_hz: machine.tsc_hz,
+            vmbus: None,
+        });
+    }
+    let mut svm = SynicVmBuilder::new()
+        .vcpus(r.vcpus)
+        .memory(r.mem_size)
+        .mode(r.mode)
+        .features(LINUX_HYPERV)
+        .testdev(false)
+        .build()?;
+    let mode = svm.mode();
+    let machine = prepare(svm.vm_mut(), &image, r.console)?;
+    let tsc_hz = machine.tsc_hz;
+    let host = match (r.vmbus, image.vmbus_acpi) {
+        (Some(max), true) => Some(
+            VmbusHost::attach(svm.synic(), max)
+                .map_err(|e| LinuxError::Config(format!("VMBus connections: {e}")))?,
+        ),
+        _ => None,
+    };
+    // KVM answers the frequency and VP-assist MSRs in kernel mode; in userspace mode they reach
+    // the VMM.
+    let frequency = mode == SynicMode::Userspace;
+    let running = svm.start_with(|_, mut h| {
+        if frequency {
+            h.msr = Box::new(HvPlatformMsrs::new(h.msr, tsc_hz, KVM_APIC_BUS_HZ));
+        }
+        h
+    })?;
+    let outcome = running.wait_with_progress(r.timeout, PROGRESS_INTERVAL, &mut tick);
     Ok(LinuxReport {
         mode,
         power: machine.power.event(),
         outcome,
         tsc_hz,
+        vmbus: host.map(VmbusHost::finish),
     })
 }

@@ -1,0 +1,212 @@
+//! A minimal VMBus host control plane on the SynIC library: enough for a guest's VMBus driver
+//! (Linux's hv_vmbus, Windows' vmbus.sys) to connect — version negotiation, an empty offer list,
+//! unload — with every message travelling the library's paths.
+//!
+//! Guest to host: HvPostMessage to connection 4 (INITIATE_CONTACT, protocol 5.0+) or 1 (all
+//! other messages, and INITIATE_CONTACT before 5.0) reaches a
+//! [`HostMessageConnection`] registered in the VM's hypercall
+//! [`Connections`](synic::hypercall::Connections); a device thread reads it. Host to guest:
+//! [`synic::Partition::post_message`] to the SINT the guest named, which writes the message
+//! slot and raises the SINT through the VM's routes. [`VmbusHost::finish`] returns every message
+//! exchanged.
+
+mod control;
+pub mod messages;
+
+use std::fmt;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use synic::hypercall::ConnectionError;
+use synic::{HvMessage, MessageType, Posted};
+
+pub use control::{Connection, ControlPlane, Handled, Reply, VmbusError};
+pub use messages::{ChannelMessageType, Version};
+use messages::{HV_MESSAGE_VMBUS, VMBUS_MESSAGE_CONNECTION_ID, VMBUS_MESSAGE_CONNECTION_ID_4};
+
+use crate::synic_vm::{AttachedSynic, GuestMessage, HostMessageConnection};
+
+/// Which way a message went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// HvPostMessage from the guest.
+    GuestToHost,
+    /// Posted by the host into the guest's message page.
+    HostToGuest,
+}
+
+/// One line of the exchange log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exchange {
+    /// Time since the host was attached.
+    pub at: Duration,
+    /// Direction.
+    pub direction: Direction,
+    /// What was sent, and what became of it.
+    pub text: String,
+    /// Whether this was refused (a guest message with no reply, a reply the SynIC refused).
+    pub error: bool,
+}
+
+impl fmt::Display for Exchange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dir = match self.direction {
+            Direction::GuestToHost => "guest -> host",
+            Direction::HostToGuest => "host -> guest",
+        };
+        write!(f, "[{:8.3} s] {dir}: {}", self.at.as_secs_f64(), self.text)
+    }
+}
+
+/// Everything the host exchanged with the guest.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VmbusLog {
+    /// Messages in order.
+    pub exchanges: Vec<Exchange>,
+    /// The connection at the end (`None` after UNLOAD or if never connected).
+    pub connection: Option<Connection>,
+    /// The last version negotiated, even if the guest unloaded since.
+    pub negotiated: Option<Version>,
+}
+
+impl VmbusLog {
+    /// How many exchanges were errors.
+    pub fn errors(&self) -> usize {
+        self.exchanges.iter().filter(|e| e.error).count()
+    }
+}
+
+/// The VMBus host device: a thread answering the guest's channel-management messages.
+#[derive(Debug)]
+pub struct VmbusHost {
+    stop: Sender<()>,
+    thread: Option<JoinHandle<VmbusLog>>,
+    synic: Arc<AttachedSynic>,
+}
+
+/// How many guest messages may wait for the device thread before HvPostMessage answers
+/// `HV_STATUS_INSUFFICIENT_BUFFERS` (the guest then retries).
+const QUEUE: usize = 64;
+
+impl VmbusHost {
+    /// Registers the VMBus message connections (1 and 4) with `synic` and starts the device
+    /// thread, speaking protocol versions up to `max`.
+    pub fn attach(synic: &Arc<AttachedSynic>, max: Version) -> Result<Self, ConnectionError> {
+        let (conn, rx) = HostMessageConnection::new(QUEUE);
+        synic.add_message_connection(VMBUS_MESSAGE_CONNECTION_ID, conn.clone())?;
+        if let Err(e) = synic.add_message_connection(VMBUS_MESSAGE_CONNECTION_ID_4, conn) {
+            synic.remove_message_connection(VMBUS_MESSAGE_CONNECTION_ID);
+            return Err(e);
+        }
+        let (stop, stop_rx) = crossbeam_channel::bounded(1);
+        let plane = ControlPlane::new(max, synic.partition().vp_indices());
+        let s = synic.clone();
+        let thread = std::thread::Builder::new()
+            .name("vmbus-host".into())
+            .spawn(move || serve(&s, plane, &rx, &stop_rx))
+            .map_err(|_| ConnectionError::InUse(VMBUS_MESSAGE_CONNECTION_ID))?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+            synic: synic.clone(),
+        })
+    }
+
+    /// Stops the device thread, unregisters the connections and returns the exchange log.
+    pub fn finish(mut self) -> VmbusLog {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> VmbusLog {
+        let _ = self.stop.try_send(());
+        self.synic
+            .remove_message_connection(VMBUS_MESSAGE_CONNECTION_ID);
+        self.synic
+            .remove_message_connection(VMBUS_MESSAGE_CONNECTION_ID_4);
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for VmbusHost {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.shutdown();
+        }
+    }
+}
+
+fn serve(
+    synic: &AttachedSynic,
+    mut plane: ControlPlane,
+    rx: &Receiver<GuestMessage>,
+    stop: &Receiver<()>,
+) -> VmbusLog {
+    let start = Instant::now();
+    let mut exchanges = Vec::new();
+    let mut negotiated = None;
+    let mut note = |direction, text: String, error| {
+        exchanges.push(Exchange {
+            at: start.elapsed(),
+            direction,
+            text,
+            error,
+        })
+    };
+    loop {
+        let m = crossbeam_channel::select! {
+            recv(rx) -> m => match m { Ok(m) => m, Err(_) => break },
+            recv(stop) -> _ => break,
+        };
+        if m.message.message_type != HV_MESSAGE_VMBUS {
+            note(
+                Direction::GuestToHost,
+                format!(
+                    "message type {:#x} on connection {} ignored (VMBus uses type 1)",
+                    m.message.message_type, m.message.connection_id
+                ),
+                true,
+            );
+            continue;
+        }
+        match plane.handle(m.caller, m.message.connection_id, m.message.payload()) {
+            Err((received, why)) => note(
+                Direction::GuestToHost,
+                format!("{received}: ignored, {why}"),
+                true,
+            ),
+            Ok(Handled { received, reply }) => {
+                note(Direction::GuestToHost, received, false);
+                if let Some(c) = plane.connection() {
+                    negotiated = Some(c.version);
+                }
+                if let Some(r) = reply {
+                    let (text, error) = post(synic, &r);
+                    note(Direction::HostToGuest, text, error);
+                }
+            }
+        }
+    }
+    VmbusLog {
+        exchanges,
+        connection: plane.connection(),
+        negotiated,
+    }
+}
+
+fn post(synic: &AttachedSynic, r: &Reply) -> (String, bool) {
+    let to = format!("VP{} SINT{}", r.vp.0, r.sint.get());
+    let msg = match HvMessage::new(MessageType(HV_MESSAGE_VMBUS), 0, &r.payload) {
+        Ok(m) => m,
+        Err(e) => return (format!("{} to {to}: not built: {e}", r.summary), true),
+    };
+    match synic.partition().post_message(r.vp, r.sint, msg) {
+        Ok(Posted::Delivered) => (format!("{} to {to} (delivered)", r.summary), false),
+        Ok(Posted::Queued) => (format!("{} to {to} (queued)", r.summary), false),
+        Err(e) => (format!("{} to {to}: refused: {}", r.summary, e.error), true),
+    }
+}
