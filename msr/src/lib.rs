@@ -71,6 +71,8 @@
 
 mod gp;
 pub mod index;
+#[cfg(feature = "oracle")]
+pub mod oracle;
 mod partition;
 pub mod regs;
 mod vp;

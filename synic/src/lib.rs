@@ -43,6 +43,8 @@ mod counters;
 mod delivery;
 mod error;
 mod events;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod hypercall;
 pub mod message;
 mod page;

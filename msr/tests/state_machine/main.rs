@@ -1,95 +1,42 @@
 //! Reference-model state machine for `VpRegisters` and `PartitionRegisters`.
 //!
-//! The model (`model.rs`) is a second, deliberately plain implementation of
-//! `docs/msr-semantics.md`; it never calls the crate's logic. Random
+//! The model (`synic_msr::oracle`, feature `oracle`) is a second, deliberately plain
+//! implementation of `docs/msr-semantics.md`; it never calls the crate's logic. Random
 //! sequences of guest and host reads and writes (every index in 0x4000_0000..=0x4000_00FF and
 //! some outside, edge-biased values), activation, reset, the timer layer's enable switch and the
 //! reference clock run against both; after every step the result and a guest and host read of
-//! every register must agree.
+//! every register must agree. The fuzz target `msr_access` runs the same checker on operations
+//! decoded from bytes.
 //!
 //! `SYNIC_PROPTEST_CASES` sets the number of cases (default 10 000).
 
 #[path = "../common/mod.rs"]
 mod common;
-mod model;
 
 use proptest::prelude::*;
 use proptest::sample::select;
 use proptest_state_machine::{prop_state_machine, ReferenceStateMachine, StateMachineTest};
-use synic_msr::{
-    Gp, KvmSynic, Msr, Origin, PartitionRegisters, Profile, Scope, VpRegisters, WriteOutcome,
-};
+use synic_msr::oracle::{Act, Checker, Op, Setup, Via, ODD_VP_INDICES, PHYS_ADDR_BITS};
+use synic_msr::KvmSynic;
 
-use common::{cases, config, index, origin, value, KNOWN};
-use model::{timer_index, Act, Expect, Model, Via, WriteResult};
-
-// ---------------------------------------------------------------------------------------------
-// Transitions and their generators.
-
-#[derive(Clone)]
-enum Transition {
-    Read {
-        via: Via,
-        index: u32,
-        origin: Origin,
-    },
-    Write {
-        via: Via,
-        index: u32,
-        value: u64,
-        origin: Origin,
-    },
-    Activate(KvmSynic),
-    Reset,
-    SetStimerEnabled {
-        timer: u8,
-        enabled: bool,
-    },
-    SetClock(u64),
-}
-
-/// Indices and values in hex, so a failing sequence reads like the table.
-impl std::fmt::Debug for Transition {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Transition::Read { via, index, origin } => {
-                write!(f, "Read {{ {via:?}, {index:#x}, {origin:?} }}")
-            }
-            Transition::Write {
-                via,
-                index,
-                value,
-                origin,
-            } => write!(
-                f,
-                "Write {{ {via:?}, {index:#x} = {value:#x}, {origin:?} }}"
-            ),
-            Transition::Activate(v) => write!(f, "Activate({v:?})"),
-            Transition::Reset => f.write_str("Reset"),
-            Transition::SetStimerEnabled { timer, enabled } => {
-                write!(f, "SetStimerEnabled({timer}, {enabled})")
-            }
-            Transition::SetClock(c) => write!(f, "SetClock({c:#x})"),
-        }
-    }
-}
+use common::{cases, config, index, origin, value};
 
 fn via() -> BoxedStrategy<Via> {
     prop_oneof![8 => Just(Via::Dispatch), 1 => Just(Via::Vp), 1 => Just(Via::Partition)].boxed()
 }
 
-fn transition_strategy() -> BoxedStrategy<Transition> {
+fn op_strategy() -> BoxedStrategy<Op> {
     prop_oneof![
             10 => (via(), index(), origin())
-                .prop_map(|(via, index, origin)| Transition::Read { via, index, origin }),
+                .prop_map(|(via, index, origin)| Op::Read { via, index, origin }),
             24 => (via(), index(), value(), origin()).prop_map(|(via, index, value, origin)| {
-                Transition::Write { via, index, value, origin }
+                Op::Write { via, index, value, origin }
             }),
-            1 => prop_oneof![Just(KvmSynic::V1), Just(KvmSynic::V2)].prop_map(Transition::Activate),
-            1 => Just(Transition::Reset),
+            1 => prop_oneof![Just(KvmSynic::V1), Just(KvmSynic::V2)].prop_map(Op::Activate),
+            1 => Just(Op::Reset),
             1 => (0u8..4, any::<bool>())
-                .prop_map(|(timer, enabled)| Transition::SetStimerEnabled { timer, enabled }),
-            1 => any::<u64>().prop_map(Transition::SetClock),
+                .prop_map(|(timer, enabled)| Op::SetStimerEnabled { timer, enabled }),
+            1 => any::<u64>().prop_map(Op::SetClock),
     ]
     .boxed()
 }
@@ -97,171 +44,51 @@ fn transition_strategy() -> BoxedStrategy<Transition> {
 struct RegisterMachine;
 
 impl ReferenceStateMachine for RegisterMachine {
-    type State = Model;
-    type Transition = Transition;
+    type State = Setup;
+    type Transition = Op;
 
-    fn init_state() -> BoxedStrategy<Model> {
+    fn init_state() -> BoxedStrategy<Setup> {
         let act = prop_oneof![2 => Just(Act::Off), 1 => Just(Act::V1), 1 => Just(Act::V2)];
-        let bits = select(vec![0u8, 12, 36, 39, 46, 48, 52, 60, 255]);
-        let vp_index = prop_oneof![0u32..8, select(vec![4095u32, 4096, 0xFFFF_FFFE, u32::MAX])];
+        let bits = select(PHYS_ADDR_BITS.to_vec());
+        let vp_index = prop_oneof![0u32..8, select(ODD_VP_INDICES.to_vec())];
         (any::<bool>(), act, bits, vp_index, any::<u64>())
-            .prop_map(|(kvm, act, bits, vp, clock)| Model::new(kvm, act, bits, vp, clock))
+            .prop_map(|(kvm, act, phys_addr_bits, vp_index, clock)| Setup {
+                kvm,
+                act,
+                phys_addr_bits,
+                vp_index,
+                clock,
+            })
             .boxed()
     }
 
-    fn transitions(_state: &Model) -> BoxedStrategy<Transition> {
+    fn transitions(_state: &Setup) -> BoxedStrategy<Op> {
         // The choice does not depend on the state: build the strategy once per thread instead
         // of once per generated step.
         thread_local! {
-            static TRANSITIONS: BoxedStrategy<Transition> = transition_strategy();
+            static OPS: BoxedStrategy<Op> = op_strategy();
         }
-        TRANSITIONS.with(Clone::clone)
+        OPS.with(Clone::clone)
     }
 
-    fn apply(mut m: Model, t: &Transition) -> Model {
-        m.expect = Expect::Nothing;
-        match *t {
-            Transition::Read { via, index, origin } => {
-                m.expect = Expect::Read(m.read(via, index, origin));
-            }
-            Transition::Write {
-                via,
-                index,
-                value,
-                origin,
-            } => {
-                // The model returns every refusal before it changes anything.
-                m.expect = Expect::Write(m.write(via, index, value, origin));
-            }
-            Transition::Activate(v) => {
-                if m.kvm {
-                    m.act = match v {
-                        KvmSynic::V1 => Act::V1,
-                        KvmSynic::V2 => Act::V2,
-                    };
-                    m.scontrol = 1;
-                }
-            }
-            Transition::Reset => m.power_on(),
-            Transition::SetStimerEnabled { timer, enabled } => {
-                let c = &mut m.config[timer as usize];
-                *c = if enabled { *c | 1 } else { *c & !1 };
-            }
-            Transition::SetClock(c) => m.clock = c,
-        }
-        m
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The system under test.
-
-struct Sut {
-    vp: VpRegisters,
-    partition: PartitionRegisters,
-    clock: u64,
-}
-
-impl Sut {
-    fn scope(index: u32) -> Option<Scope> {
-        Msr::from_index(index).map(Msr::scope)
-    }
-
-    fn read(&self, via: Via, index: u32, origin: Origin) -> Result<u64, Gp> {
-        let to_partition = match via {
-            Via::Dispatch => Self::scope(index) == Some(Scope::Partition),
-            Via::Vp => false,
-            Via::Partition => true,
-        };
-        if to_partition {
-            self.partition.rdmsr(index, origin, self.clock)
-        } else {
-            self.vp.rdmsr(index, origin)
-        }
-    }
-
-    fn write(&mut self, via: Via, index: u32, value: u64, origin: Origin) -> WriteResult {
-        let to_partition = match via {
-            Via::Dispatch => Self::scope(index) == Some(Scope::Partition),
-            Via::Vp => false,
-            Via::Partition => true,
-        };
-        let out: Result<WriteOutcome, Gp> = if to_partition {
-            self.partition.wrmsr(index, value, origin)
-        } else {
-            self.vp.wrmsr(index, value, origin)
-        };
-        out.map(|o| (o.msr, o.old, o.new, o.change))
+    fn apply(state: Setup, _: &Op) -> Setup {
+        state
     }
 }
 
 impl StateMachineTest for RegisterMachine {
-    type SystemUnderTest = Sut;
+    type SystemUnderTest = Checker;
     type Reference = RegisterMachine;
 
-    fn init_test(m: &Model) -> Sut {
-        let profile = if m.kvm { Profile::Kvm } else { Profile::Tlfs };
-        let mut vp =
-            VpRegisters::new(profile, m.vp_index as u32).with_phys_addr_bits(m.requested_bits);
-        match m.act {
-            Act::Off => {}
-            Act::V1 => vp.activate(KvmSynic::V1),
-            Act::V2 => vp.activate(KvmSynic::V2),
-        }
-        let partition = PartitionRegisters::new(profile).with_phys_addr_bits(m.requested_bits);
-        Sut {
-            vp,
-            partition,
-            clock: m.clock,
-        }
+    fn init_test(setup: &Setup) -> Checker {
+        Checker::new(setup)
     }
 
-    fn apply(mut sut: Sut, m: &Model, t: Transition) -> Sut {
-        match t {
-            Transition::Read { via, index, origin } => {
-                let got = sut.read(via, index, origin);
-                assert_eq!(Expect::Read(got), m.expect, "{t:?}");
-            }
-            Transition::Write {
-                via,
-                index,
-                value,
-                origin,
-            } => {
-                let got = sut.write(via, index, value, origin);
-                assert_eq!(Expect::Write(got), m.expect, "{t:?}");
-            }
-            Transition::Activate(v) => sut.vp.activate(v),
-            Transition::Reset => {
-                sut.vp.reset();
-                sut.partition.reset();
-            }
-            Transition::SetStimerEnabled { timer, enabled } => {
-                sut.vp.set_stimer_enabled(timer_index(timer), enabled)
-            }
-            Transition::SetClock(c) => sut.clock = c,
+    fn apply(mut checker: Checker, _: &Setup, op: Op) -> Checker {
+        if let Err(divergence) = checker.apply(&op) {
+            panic!("{divergence}");
         }
-        sut
-    }
-
-    fn check_invariants(sut: &Sut, m: &Model) {
-        for index in KNOWN {
-            for origin in [Origin::Guest, Origin::Host] {
-                assert_eq!(
-                    sut.read(Via::Dispatch, index, origin),
-                    m.read(Via::Dispatch, index, origin),
-                    "read of {index:#x} by {origin:?}"
-                );
-            }
-        }
-        assert_eq!(sut.vp.active(), m.open());
-        let act = match sut.vp.kvm_synic() {
-            None => Act::Off,
-            Some(KvmSynic::V1) => Act::V1,
-            Some(KvmSynic::V2) => Act::V2,
-        };
-        assert_eq!(act, m.act);
-        assert_eq!(u64::from(sut.vp.vp_index()), m.vp_index);
+        checker
     }
 }
 
@@ -270,4 +97,46 @@ prop_state_machine! {
 
     #[test]
     fn registers_match_reference_model(sequential 1..24 => RegisterMachine);
+}
+
+#[test]
+fn checker_reports_a_divergence() {
+    // The oracle must be able to fail: a model built for another address width disagrees
+    // with the crate on a SIMP write between the two widths.
+    let crate_setup = Setup {
+        kvm: false,
+        act: Act::Off,
+        phys_addr_bits: 36,
+        vp_index: 0,
+        clock: 0,
+    };
+    let model_setup = Setup {
+        phys_addr_bits: 39,
+        ..crate_setup
+    };
+    let simp = Op::Write {
+        via: Via::Dispatch,
+        index: synic_msr::index::SIMP,
+        value: (1 << 38) | 1,
+        origin: synic_msr::Origin::Guest,
+    };
+    assert!(Checker::new(&crate_setup).apply(&simp).is_ok());
+    let err = Checker::with_setups(&crate_setup, &model_setup)
+        .apply(&simp)
+        .unwrap_err();
+    assert!(err.contains("GpaTooWide"), "{err}");
+}
+
+#[test]
+fn decode_is_total_and_encode_inverts_it() {
+    let bytes: Vec<u8> = (0..=255u8).cycle().take(4000).collect();
+    let (setup, ops) = Op::decode_all(&bytes);
+    assert!(ops.len() > 200, "{}", ops.len());
+    let again = Op::encode_all(&setup, &ops);
+    assert_eq!(Op::decode_all(&again), (setup, ops.clone()));
+    let mut checker = Checker::new(&setup);
+    for op in &ops {
+        checker.apply(op).unwrap();
+    }
+    assert_eq!(Op::decode_all(&[]).1, Vec::<Op>::new());
 }

@@ -351,8 +351,8 @@ fn timers_of_different_vps_are_independent() {
 
 #[test]
 fn kernel_mode_leaves_timers_to_kvm() {
-    let h = Harness::with_config(PartitionConfig::new(Mode::Kernel, Profile::Kvm, 1));
-    let mut vps = h.vps;
+    let mut h = Harness::with_config(PartitionConfig::new(Mode::Kernel, Profile::Kvm, 1));
+    let vps = &mut h.vps;
     assert!(vps[0]
         .wrmsr(config_msr(0), message_config(true, false, 2), Origin::Guest)
         .is_err());

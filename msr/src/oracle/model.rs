@@ -2,22 +2,27 @@
 //! `u64` fields, its own index decoder and bit arithmetic written from the table. It uses the
 //! crate's types only to spell the expected answers, never its logic.
 
-use synic_msr::{
+use crate::{
     Change, Gp, GpReason, Hypercall, Msr, Origin, PageRegister, PageUpdate, Sint, SintIndex,
     StimerIndex,
 };
 
+use super::Setup;
+
 /// KVM activation state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Act {
+    /// Not activated (always so with the TLFS profile).
     Off,
+    /// `KVM_CAP_HYPERV_SYNIC`.
     V1,
+    /// `KVM_CAP_HYPERV_SYNIC2`.
     V2,
 }
 
 /// A register, decoded from the raw index by the model itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reg {
+enum Reg {
     GuestOsId,
     Hypercall,
     VpIndex,
@@ -32,7 +37,7 @@ pub enum Reg {
     Count(u8),
 }
 
-pub fn decode(index: u32) -> Option<Reg> {
+fn decode(index: u32) -> Option<Reg> {
     if !(0x4000_0000..=0x4000_00FF).contains(&index) {
         return None;
     }
@@ -55,21 +60,21 @@ pub fn decode(index: u32) -> Option<Reg> {
 }
 
 impl Reg {
-    pub fn partition(self) -> bool {
+    fn partition(self) -> bool {
         matches!(self, Reg::GuestOsId | Reg::Hypercall | Reg::TimeRef)
     }
     /// SCONTROL..SINT15: gated on activation for reads and writes.
-    pub fn synic_block(self) -> bool {
+    fn synic_block(self) -> bool {
         matches!(
             self,
             Reg::Scontrol | Reg::Sversion | Reg::Siefp | Reg::Simp | Reg::Eom | Reg::Sint(_)
         )
     }
-    pub fn timer(self) -> bool {
+    fn timer(self) -> bool {
         matches!(self, Reg::Config(_) | Reg::Count(_))
     }
     /// The crate's name for it, to compare `WriteOutcome::msr`.
-    pub fn msr(self) -> Msr {
+    fn msr(self) -> Msr {
         match self {
             Reg::GuestOsId => Msr::GuestOsId,
             Reg::Hypercall => Msr::Hypercall,
@@ -87,11 +92,13 @@ impl Reg {
     }
 }
 
-pub fn sint_index(n: u8) -> SintIndex {
-    SintIndex::new(u32::from(n)).expect("model SINT in range")
+fn sint_index(n: u8) -> SintIndex {
+    SintIndex::ALL[usize::from(n & 15)]
 }
+
+/// The timer `t & 3` names.
 pub fn timer_index(t: u8) -> StimerIndex {
-    StimerIndex::new(u32::from(t)).expect("model timer in range")
+    StimerIndex::ALL[usize::from(t & 3)]
 }
 
 /// Which entry point an access goes through.
@@ -105,47 +112,40 @@ pub enum Via {
     Partition,
 }
 
+/// A write's answer reduced to what the model predicts: the register, old and new value and
+/// the change, or the #GP.
 pub type WriteResult = Result<(Msr, u64, u64, Change), Gp>;
 
-/// The model's prediction for the last transition.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Expect {
-    Nothing,
-    Read(Result<u64, Gp>),
-    Write(WriteResult),
-}
+const SINT_MASKED: u64 = 1 << 16;
 
+/// The model's register file (one VP and its partition) and clock.
 #[derive(Clone, Debug)]
 pub struct Model {
-    pub kvm: bool,
-    pub act: Act,
-    pub requested_bits: u8,
-    pub bits: u32,
-    pub vp_index: u64,
-    pub scontrol: u64,
-    pub sversion: u64,
-    pub siefp: u64,
-    pub simp: u64,
-    pub sint: [u64; 16],
-    pub config: [u64; 4],
-    pub count: [u64; 4],
-    pub os_id: u64,
-    pub hypercall: u64,
-    pub clock: u64,
-    pub expect: Expect,
+    kvm: bool,
+    act: Act,
+    bits: u32,
+    vp_index: u64,
+    scontrol: u64,
+    sversion: u64,
+    siefp: u64,
+    simp: u64,
+    sint: [u64; 16],
+    config: [u64; 4],
+    count: [u64; 4],
+    os_id: u64,
+    hypercall: u64,
+    clock: u64,
 }
 
-pub const SINT_MASKED: u64 = 1 << 16;
-
 impl Model {
-    pub fn new(kvm: bool, act: Act, requested_bits: u8, vp_index: u32, clock: u64) -> Self {
-        let act = if kvm { act } else { Act::Off };
+    /// Power-on state for `setup`.
+    pub fn new(setup: &Setup) -> Self {
+        let act = if setup.kvm { setup.act } else { Act::Off };
         let mut m = Model {
-            kvm,
+            kvm: setup.kvm,
             act,
-            requested_bits,
-            bits: u32::from(requested_bits).clamp(12, 52),
-            vp_index: u64::from(vp_index),
+            bits: u32::from(setup.phys_addr_bits).clamp(12, 52),
+            vp_index: u64::from(setup.vp_index),
             scontrol: 0,
             sversion: 1,
             siefp: 0,
@@ -155,13 +155,13 @@ impl Model {
             count: [0; 4],
             os_id: 0,
             hypercall: 0,
-            clock,
-            expect: Expect::Nothing,
+            clock: setup.clock,
         };
         m.power_on();
         m
     }
 
+    /// Reset: every register back to its power-on value; activation and VP index kept.
     pub fn power_on(&mut self) {
         self.scontrol = u64::from(self.activated());
         self.sversion = 1;
@@ -174,15 +174,50 @@ impl Model {
         self.hypercall = 0;
     }
 
-    pub fn activated(&self) -> bool {
+    /// `KVM_CAP_HYPERV_SYNIC[2]` (KVM profile only; TLFS ignores it).
+    pub fn activate(&mut self, act: Act) {
+        if self.kvm {
+            self.act = act;
+            self.scontrol = 1;
+        }
+    }
+
+    /// The timer layer switched STIMERn_CONFIG.Enable.
+    pub fn set_stimer_enabled(&mut self, timer: u8, enabled: bool) {
+        let c = &mut self.config[usize::from(timer & 3)];
+        *c = if enabled { *c | 1 } else { *c & !1 };
+    }
+
+    /// The reference clock now reads `clock`.
+    pub fn set_clock(&mut self, clock: u64) {
+        self.clock = clock;
+    }
+
+    /// The reference clock.
+    pub fn clock(&self) -> u64 {
+        self.clock
+    }
+
+    /// KVM activation state.
+    pub fn act(&self) -> Act {
+        self.act
+    }
+
+    /// VP_INDEX.
+    pub fn vp_index(&self) -> u64 {
+        self.vp_index
+    }
+
+    fn activated(&self) -> bool {
         self.kvm && self.act != Act::Off
     }
+
     /// The guest may touch the SynIC: always with TLFS, after activation with KVM.
     pub fn open(&self) -> bool {
         !self.kvm || self.act != Act::Off
     }
 
-    pub fn check_scope(via: Via, reg: Reg) -> Result<(), GpReason> {
+    fn check_scope(via: Via, reg: Reg) -> Result<(), GpReason> {
         match via {
             Via::Vp if reg.partition() => Err(GpReason::WrongScope),
             Via::Partition if !reg.partition() => Err(GpReason::WrongScope),
@@ -190,7 +225,7 @@ impl Model {
         }
     }
 
-    pub fn stored(&self, reg: Reg) -> u64 {
+    fn stored(&self, reg: Reg) -> u64 {
         match reg {
             Reg::GuestOsId => self.os_id,
             Reg::Hypercall => self.hypercall,
@@ -207,6 +242,7 @@ impl Model {
         }
     }
 
+    /// What a read of `index` through `via` by `origin` returns.
     pub fn read(&self, via: Via, index: u32, origin: Origin) -> Result<u64, Gp> {
         let gp = |reason| Gp::new(index, reason);
         let reg = decode(index).ok_or(gp(GpReason::UnknownMsr))?;
@@ -217,6 +253,7 @@ impl Model {
         Ok(self.stored(reg))
     }
 
+    /// Applies a write and returns its answer; a refusal changes nothing.
     pub fn write(&mut self, via: Via, index: u32, v: u64, origin: Origin) -> WriteResult {
         let gp = |reason| Gp::new(index, reason);
         let reg = decode(index).ok_or(gp(GpReason::UnknownMsr))?;
@@ -394,7 +431,7 @@ impl Model {
         Ok((reg.msr(), old, new, change))
     }
 
-    pub fn check_width(&self, index: u32, v: u64) -> Result<(), Gp> {
+    fn check_width(&self, index: u32, v: u64) -> Result<(), Gp> {
         let gpa = v & !0xFFF;
         if gpa >> self.bits != 0 {
             return Err(Gp::new(
