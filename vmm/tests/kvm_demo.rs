@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::kvm_available;
 use synic_msr::Profile;
 use synic_vmm::bench::{self, BenchConfig, Kind};
-use synic_vmm::demo::{self, DemoConfig, Traffic};
+use synic_vmm::demo::{self, DemoConfig, Fault, Traffic};
 
 fn short_demo(profile: Profile) -> DemoConfig {
     DemoConfig {
@@ -71,4 +71,46 @@ fn bench_round_trips_all_complete() {
         assert!(r.latency.p50 > Duration::ZERO && r.ops_per_sec > 0.0);
     }
     assert!((report.rows[0].ratio - 1.0).abs() < 1e-9);
+}
+
+#[test]
+fn demo_checks_catch_an_injected_loss_and_duplicate() {
+    if !kvm_available() {
+        return;
+    }
+    let base = DemoConfig {
+        messages: 400,
+        events: 100,
+        latency_samples: 50,
+        timeout: Duration::from_secs(60),
+        ..DemoConfig::default()
+    };
+    let vcpus = u64::from(base.vcpus);
+    let lossy = DemoConfig {
+        fault: Some(Fault::SkipMessage(200)),
+        ..base
+    };
+    let report = demo::run(&lossy, Duration::from_secs(3600), |_| {}).unwrap();
+    println!("{report}");
+    assert!(!report.passed());
+    assert_eq!(report.lost, vcpus, "one message skipped per vCPU");
+    assert_eq!(report.duplicated, 0);
+    // The guest sees 201 where it expected 200, the host the reply to 201 likewise.
+    assert_eq!(report.out_of_order, 2 * vcpus);
+    assert_eq!(report.traffic.host_to_guest_messages, 399 * vcpus);
+    assert!(report
+        .verification()
+        .starts_with(&format!("verification: lost {vcpus},")));
+
+    let doubled = DemoConfig {
+        fault: Some(Fault::DuplicateMessage(200)),
+        ..base
+    };
+    let report = demo::run(&doubled, Duration::from_secs(3600), |_| {}).unwrap();
+    println!("{report}");
+    assert!(!report.passed());
+    assert_eq!(report.lost, 0);
+    // Seen twice by the guest, and its two replies seen by the host.
+    assert_eq!(report.duplicated, 2 * vcpus);
+    assert_eq!(report.out_of_order, 0);
 }

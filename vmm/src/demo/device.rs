@@ -24,6 +24,8 @@ pub(crate) struct Plan {
     pub message_window: u64,
     /// Events in flight afterwards (below 64: flags are `seq % 64`).
     pub event_window: u64,
+    /// A fault to inject (tests of the checks themselves).
+    pub fault: Option<super::Fault>,
 }
 
 /// Shared progress counters (all device threads add to them).
@@ -77,8 +79,14 @@ impl Device {
         let latency_messages = p.latency_samples.min(p.messages);
         let latency_events = p.latency_samples.min(p.events);
         let mut pipelined_start = None;
+        // Replies the guest will send: one per message it receives, duplicates included.
+        let expected_replies = match p.fault {
+            Some(super::Fault::SkipMessage(_)) => p.messages.saturating_sub(1),
+            Some(super::Fault::DuplicateMessage(_)) => p.messages + 1,
+            None => p.messages,
+        };
         loop {
-            if replies_in >= p.messages && r.event_replies >= p.events {
+            if replies_in >= expected_replies && r.event_replies >= p.events {
                 break;
             }
             let now = Instant::now();
@@ -165,8 +173,30 @@ impl Device {
         r
     }
 
-    /// Posts message `seq`; `Ok(false)` when the queue is full.
+    /// Posts message `seq` (or, with a fault injected, skips or doubles it); `Ok(false)` when
+    /// the queue is full.
     fn post(&self, seq: u64) -> Result<bool, String> {
+        match self.plan.fault {
+            Some(super::Fault::SkipMessage(s)) if s == seq => return Ok(true),
+            Some(super::Fault::DuplicateMessage(s)) if s == seq => {
+                if !self.post_one(seq)? {
+                    return Ok(false);
+                }
+                // The copy may meet a full queue: retry until it is in.
+                while !self.post_one(seq)? {
+                    if Instant::now() >= self.deadline {
+                        return Err("time limit while injecting a duplicate".into());
+                    }
+                    std::thread::yield_now();
+                }
+                return Ok(true);
+            }
+            _ => {}
+        }
+        self.post_one(seq)
+    }
+
+    fn post_one(&self, seq: u64) -> Result<bool, String> {
         let ts = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let mut payload = [0u8; 16];
         payload[..8].copy_from_slice(&seq.to_le_bytes());

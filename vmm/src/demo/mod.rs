@@ -54,6 +54,18 @@ pub struct DemoConfig {
     pub queue_capacity: usize,
     /// Wall-clock limit for the whole exchange.
     pub timeout: Duration,
+    /// A fault the host injects, to prove the checks catch it (tests only; `None` normally).
+    pub fault: Option<Fault>,
+}
+
+/// A fault the demo's host side can inject into its own traffic, so tests can show that the
+/// sequence checks are not vacuous.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Every vCPU's device counts message `seq` as sent without posting it (a loss).
+    SkipMessage(u64),
+    /// Every vCPU's device posts message `seq` twice (a duplicate).
+    DuplicateMessage(u64),
 }
 
 impl Default for DemoConfig {
@@ -70,6 +82,7 @@ impl Default for DemoConfig {
             event_window: 32,
             queue_capacity: 64,
             timeout: Duration::from_secs(90),
+            fault: None,
         }
     }
 }
@@ -355,6 +368,7 @@ pub fn run(
         latency_samples: c.latency_samples,
         message_window: c.message_window,
         event_window: c.event_window,
+        fault: c.fault,
     };
     let mut threads = Vec::new();
     for (v, (mrx, erx)) in (0u32..).zip(channels) {
