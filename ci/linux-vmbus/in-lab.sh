@@ -11,7 +11,7 @@ tmp=${TMPDIR:-/tmp}
 # avoids it.
 for mode in "$@"; do
   start=$(date +%s.%N)
-  "$bin" linux --mode "$mode" --timeout "$tmo" --append noxsave --initrd "$initrd" "$kernel" \
+  "$bin" linux --mode "$mode" --timeout "$tmo" --timestamps --append noxsave --initrd "$initrd" "$kernel" \
     >"$tmp/$mode.guest" 2>"$tmp/$mode.host"
   rc=$?
   end=$(date +%s.%N)

@@ -122,8 +122,13 @@ say "kvm-lab finished in $((t1 - t0)) s (status $lab_rc); raw log $out/lab.log"
 # 6. Check every mode.
 status=0
 for mode in "${modes[@]}"; do
-  g="$out/$mode.guest.log" h="$out/$mode.host.log"
-  awk -v m="$mode" '$0=="=== guest " m {w=1; next} $0=="=== host " m {w=0} w' "$out/lab.log" >"$g"
+  c="$out/$mode.console.log" g="$out/$mode.guest.log" h="$out/$mode.host.log"
+  # The console with the host's wall-clock time on every line, and without it.
+  awk -v m="$mode" '$0=="=== guest " m {w=1; next} $0=="=== host " m {w=0} w' "$out/lab.log" >"$c"
+  sed -E 's/^\[\+ *[0-9.]+ s\] //' "$c" >"$g"
+  host_time() { grep -m1 -E "$1" "$c" | sed -nE 's/^\[\+ *([0-9.]+) s\].*/\1/p'; }
+  init_wall=$(host_time 'Run /init as init process')
+  vmbus_wall=$(host_time 'hv_vmbus: Vmbus version')
   awk -v m="$mode" '$0=="=== host " m {w=1; next} index($0, "=== end " m " ")==1 {w=0} w' "$out/lab.log" >"$h"
   end=$(grep -m1 "^=== end $mode " "$out/lab.log")
   rc=$(echo "$end" | sed -n 's/.*rc=\([0-9]*\).*/\1/p')
@@ -145,7 +150,7 @@ for mode in "${modes[@]}"; do
   version=$(grep -oE 'Vmbus version:[0-9.]+' "$g" | head -1)
   at_init=$(sed -n 's/^linux-vmbus: \/init reached at \([0-9.]*\) s uptime.*/\1/p' "$g" | head -1)
   if [ ${#problems[@]} -eq 0 ]; then
-    say "PASS $mode: ${version#Vmbus }, /init at ${at_init:-?} s guest uptime, ${wall:-?} s wall from start to power-off"
+    say "PASS $mode: ${version#Vmbus }; wall clock from VM start: /init at ${init_wall:-?} s, VMBus connected at ${vmbus_wall:-?} s, powered off at ${wall:-?} s (guest uptime at /init ${at_init:-?} s)"
   else
     status=1
     say "FAIL $mode:"

@@ -11,7 +11,7 @@ use crate::vmbus::Version;
 pub const USAGE: &str =
     "  synic-vmm linux [--smp N] [--mem MiB] [--timeout S] [--mode auto|kernel|userspace]
                   [--no-hyperv] [--no-vmbus] [--vmbus-max-version X.Y] [--initrd FILE]
-                  [--append ARGS] KERNEL
+                  [--append ARGS] [--timestamps] KERNEL
                                     boot a Linux bzImage with COM1 on stdout (Hyper-V
                                     enlightenments, SynIC and the VMBus host on by default; the
                                     VMBus exchange is printed on stderr at the end); exit status 0
@@ -32,6 +32,7 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<LinuxRun, String> {
             initrd: None,
             cmdline: BASE_CMDLINE.to_string(),
             vmbus_acpi: true,
+            console_timestamps: false,
             frequency_msrs: true,
         },
         vcpus: 1,
@@ -81,6 +82,7 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<LinuxRun, String> {
                 }
             }
             "--no-hyperv" => r.hyperv = false,
+            "--timestamps" => r.image.console_timestamps = true,
             "--no-vmbus" => r.vmbus = None,
             "--vmbus-max-version" => {
                 let v = value("--vmbus-max-version")?;
@@ -123,7 +125,13 @@ fn summary(report: &LinuxReport) -> (String, u8) {
         .iter()
         .map(|s| s.io + s.msr + s.mmio)
         .sum();
-    let hypercalls: u64 = report.outcome.stats.iter().map(|s| s.hypercalls).sum();
+    // Userspace mode: trapped hypercalls; kernel mode: KVM_EXIT_HYPERV (HCALL and SYNIC).
+    let hyperv: u64 = report
+        .outcome
+        .stats
+        .iter()
+        .map(|s| s.hypercalls + s.hyperv)
+        .sum();
     let secs = report.outcome.elapsed.as_secs_f64();
     let (what, status) = match (report.power, &report.outcome.reason) {
         (Some(PowerEvent::PowerOff), _) => ("powered off".to_string(), 0),
@@ -139,7 +147,7 @@ fn summary(report: &LinuxReport) -> (String, u8) {
     (
         format!(
             "synic-vmm: guest {what} after {secs:.1} s ({:?} mode, TSC {} kHz, {exits} port/MSR/MMIO \
-             exits, {hypercalls} hypercalls)",
+             exits, {hyperv} hypercall/Hyper-V exits)",
             report.mode,
             report.tsc_hz / 1000
         ),

@@ -329,11 +329,15 @@ impl Trigger for IrqLine {
 }
 
 /// The guest's console: bytes go to `out`; a line reading "reboot: System halted" (the
-/// kernel's last words on `halt`) fires [`PowerEvent::Halt`].
+/// kernel's last words on `halt`) fires [`PowerEvent::Halt`]. With [`ConsoleSink::timestamps`]
+/// every line starts with the host's wall-clock time since the sink was made, `[+  12.345 s] `
+/// (the guest's own clock is unreliable early in boot under emulation).
 pub struct ConsoleSink {
     out: Box<dyn Write + Send>,
     line: Vec<u8>,
     power: Arc<Power>,
+    since: Option<Instant>,
+    at_line_start: bool,
 }
 
 impl std::fmt::Debug for ConsoleSink {
@@ -352,27 +356,40 @@ impl ConsoleSink {
             out,
             line: Vec::new(),
             power,
+            since: None,
+            at_line_start: true,
         }
+    }
+
+    /// Prefixes every line with the host time elapsed since now.
+    pub fn timestamps(mut self) -> Self {
+        self.since = Some(Instant::now());
+        self
     }
 }
 
 impl Write for ConsoleSink {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         for &b in buf {
+            if self.at_line_start {
+                if let Some(t) = self.since {
+                    // Output is best effort: a closed pipe must not stop the guest.
+                    let _ = write!(self.out, "[+{:8.3} s] ", t.elapsed().as_secs_f64());
+                }
+                self.at_line_start = false;
+            }
+            let _ = self.out.write_all(&[b]);
             if b == b'\n' {
                 let text = self.line.strip_suffix(b"\r").unwrap_or(&self.line);
                 if text.ends_with(HALT_LINE) {
                     self.power.fire(0, PowerEvent::Halt);
                 }
                 self.line.clear();
+                self.at_line_start = true;
+                let _ = self.out.flush();
             } else if self.line.len() < MAX_LINE {
                 self.line.push(b);
             }
-        }
-        // Output is best effort: a closed pipe must not stop the guest.
-        let _ = self.out.write_all(buf);
-        if buf.contains(&b'\n') {
-            let _ = self.out.flush();
         }
         Ok(buf.len())
     }
@@ -533,6 +550,24 @@ mod tests {
         c.write_all(b"ted\r\n").unwrap();
         assert_eq!(p.event(), Some(PowerEvent::Halt));
         assert!(buf.text().ends_with("System halted\r\n"));
+    }
+
+    #[test]
+    fn console_timestamps_start_every_line() {
+        let (_, p) = power();
+        let buf = SharedBuffer::new();
+        let mut c = ConsoleSink::new(Box::new(buf.clone()), p).timestamps();
+        c.write_all(b"one\ntw").unwrap();
+        c.write_all(b"o\n").unwrap();
+        let text = buf.text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        for (l, want) in lines.iter().zip(["one", "two"]) {
+            assert!(
+                l.starts_with("[+") && l.ends_with(&format!(" s] {want}")),
+                "{l}"
+            );
+        }
     }
 
     #[test]

@@ -12,10 +12,10 @@
 //! [`run`] does the whole thing (with or without the SynIC model and the VMBus control plane)
 //! for the `synic-vmm linux` command. `docs/linux-guest.md` has the details.
 
-mod acpi;
-mod boot;
+pub mod acpi;
+pub mod boot;
 pub mod cli;
-mod devices;
+pub mod devices;
 mod run;
 
 use std::sync::Arc;
@@ -169,6 +169,8 @@ pub struct LinuxImage {
     pub cmdline: String,
     /// Whether the DSDT declares the VMBus device.
     pub vmbus_acpi: bool,
+    /// Whether every console line starts with the host's elapsed time.
+    pub console_timestamps: bool,
     /// Whether CPUID advertises the Hyper-V frequency MSRs (the VM must then answer them:
     /// KVM does in kernel mode, [`HvPlatformMsrs`] in userspace mode).
     pub frequency_msrs: bool,
@@ -214,7 +216,11 @@ pub fn prepare(
     vm.vm_fd()
         .register_irqfd(line.eventfd(), COM1_IRQ)
         .map_err(kvm("KVM_IRQFD (COM1)"))?;
-    let uart = Uart::new(COM1, line, ConsoleSink::new(console, power.clone()));
+    let mut sink = ConsoleSink::new(console, power.clone());
+    if image.console_timestamps {
+        sink = sink.timestamps();
+    }
+    let uart = Uart::new(COM1, line, sink);
     vm.add_device(COM1, 8, Arc::new(uart))?;
     vm.add_device(devices::CMOS_PORT, 2, Arc::new(Cmos::default()))?;
     vm.add_device(
