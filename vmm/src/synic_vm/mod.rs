@@ -176,7 +176,9 @@ impl SynicVmBuilder {
         self
     }
 
-    /// Whether to put the QEMU hyperv-testdev device at port `0x3000` (default on).
+    /// Whether to put the QEMU hyperv-testdev device at port `0x3000` (default on). It lets
+    /// the guest create routes and connections: a test device, to turn off for guests that
+    /// are not tests.
     pub fn testdev(mut self, on: bool) -> Self {
         self.testdev = on;
         self
