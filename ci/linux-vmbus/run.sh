@@ -77,7 +77,8 @@ if [ ! -f "$kdir/ready" ]; then
       *.zst) zstd -qdc "$f" >"$kdir/modules/$m.ko";;
       *) cp "$f" "$kdir/modules/$m.ko";;
     esac
-    for dep in $(strings -a "$kdir/modules/$m.ko" | sed -n 's/^depends=//p' | tr ',' ' '); do
+    for dep in $(grep -a -o 'depends=[A-Za-z0-9_,-]*' "$kdir/modules/$m.ko" | head -1 \
+                 | sed 's/^depends=//' | tr ',' ' '); do
       add "$dep"
     done
     order+=("$m")
