@@ -8,8 +8,11 @@
 //! the vCPU could not take are lost (the tests print how many). Busy-slot retry is userspace
 //! only: KVM drops a periodic tick whose slot is busy (docs/timers.md).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use iced_x86::code_asm::*;
-use synic::VpIndex;
+use synic::{Posted, VpIndex};
 use synic_e2e::layout::{self, state, tag, vector};
 use synic_e2e::{run, Eoi, Finished, Logged, Mode, Setup, SintValue, SynicGuest, VmSpec};
 use synic_msr::{index, StimerConfig};
@@ -37,6 +40,18 @@ struct Expiry {
     pending: bool,
 }
 
+/// An expiry message as the guest logged it.
+fn parse(m: &Logged) -> Expiry {
+    assert_eq!(m.message_type, HVMSG_TIMER_EXPIRED, "{m:?}");
+    assert_eq!((m.sint, m.payload_size), (SINT, 24), "{m:?}");
+    Expiry {
+        timer: m.qword(0),
+        expiration: m.qword(1),
+        delivery: m.qword(2),
+        pending: m.pending(),
+    }
+}
+
 /// The expiries the guest took, in order, plus (`with_slot`) one still in the slot when it
 /// stopped (the model counted it as signalled).
 fn expiries(f: &Finished, with_slot: bool) -> Vec<Expiry> {
@@ -46,36 +61,12 @@ fn expiries(f: &Finished, with_slot: bool) -> Vec<Expiry> {
     if with_slot && log_complete(f) && left.message_type != 0 {
         log.push(left);
     }
-    log.iter()
-        .map(|m: &Logged| {
-            assert_eq!(m.message_type, HVMSG_TIMER_EXPIRED, "{m:?}");
-            assert_eq!((m.sint, m.payload_size), (SINT, 24), "{m:?}");
-            Expiry {
-                timer: m.qword(0),
-                expiration: m.qword(1),
-                delivery: m.qword(2),
-                pending: m.pending(),
-            }
-        })
-        .collect()
+    log.iter().map(parse).collect()
 }
 
 /// Whether the guest's log holds every message it took (it keeps the first `LOG_CAP`).
 fn log_complete(f: &Finished) -> bool {
     f.view().counter(0, state::MESSAGES) <= layout::LOG_CAP
-}
-
-/// Asserts that expiry i is due at exactly `first + i x PERIOD` (no period lost, no drift)
-/// and never delivered before it was due.
-fn assert_on_schedule(got: &[Expiry], first: u64) {
-    for (i, e) in got.iter().enumerate() {
-        assert_eq!(
-            e.expiration,
-            first + i as u64 * PERIOD,
-            "expiry {i} is off the schedule: {e:?}"
-        );
-        assert!(e.delivery >= e.expiration, "delivered early: {e:?}");
-    }
 }
 
 /// Asserts that every expiry is due at `first + k x PERIOD` for strictly increasing k (the
@@ -287,20 +278,27 @@ fn auto_enable_on_count_write(setup: Setup) {
     assert_periods(setup, "auto-enable", &f, &got, got[0].expiration);
 }
 
-/// The guest keeps SINT 2's slot busy for 5.5 periods (interrupts off, nothing taken), then
-/// takes messages by polling. Non-lazy: every missed period arrives, oldest first, each
-/// with MessagePending while more are due, delivered by the guest's EOM. Lazy: after the
-/// busy period, only the latest period is reported.
+/// A host message fills SINT 2's slot; the guest (interrupts off) starts a periodic 1 ms timer
+/// on that SINT, spins 5.5 periods without taking anything, then takes messages by polling
+/// (free the slot, EOM if MessagePending). Whatever the threads' scheduling:
+///
+/// * the first expiry waited for the slot (delivered after the spin) and was not dropped;
+/// * non-lazy: expiries report periods 1, 2, 3, ... in order; one delivered while later
+///   periods were already due carries MessagePending (so the guest's EOM brings the next);
+/// * lazy: each expiry reports exactly the latest period due when it was delivered (the
+///   first one, after the busy slot, period 5 or later).
 fn busy_slot_retry(setup: Setup, lazy: bool) {
+    let start = Arc::new(AtomicU64::new(0));
     let mut g = message_guest();
-    read_time(&mut g, 0);
+    g.step(1).unwrap(); // the host fills the slot
     g.wrmsr(count_msr(0), PERIOD).unwrap();
     g.wrmsr(
         config_msr(0),
         StimerConfig::new(true, true, lazy, false, SINT).0,
     )
     .unwrap();
-    // Spin (interrupts off) until 5.5 periods have passed.
+    g.step(2).unwrap(); // the host reads the timer's start from the model
+                        // Spin (interrupts off) until 5.5 periods have passed.
     g.emit(|a| {
         let mut spin = a.create_label();
         a.mov(ecx, index::TIME_REF_COUNT)?;
@@ -319,36 +317,81 @@ fn busy_slot_retry(setup: Setup, lazy: bool) {
         a.jb(spin)
     })
     .unwrap();
-    let polls = if lazy { 3 } else { 6 };
-    for _ in 0..polls {
+    read_time(&mut g, 1);
+    let timer_messages = if lazy { 2 } else { 5 };
+    for _ in 0..=timer_messages {
         g.poll_message(SINT).unwrap();
     }
     g.wrmsr(config_msr(0), 0).unwrap();
     g.exit_ok().unwrap();
-    let f = run(spec(setup), &g.build().unwrap(), |_, _, _| {});
+    let recorded = Arc::clone(&start);
+    let f = run(
+        spec(setup),
+        &g.build().unwrap(),
+        move |host, _, step| match step {
+            1 => {
+                let posted = host.post(0, SINT, 1);
+                assert_eq!(posted, Ok(Posted::Delivered));
+            }
+            _ => {
+                let t = host.synic().with_vp(0, |vp| vp.save().timers[0]).unwrap();
+                assert!(t.armed);
+                recorded.store(t.start, Ordering::SeqCst);
+            }
+        },
+    );
     f.assert_exited_ok();
-    let got = expiries(&f, false);
-    assert_eq!(got.len(), polls, "{got:#?}");
-    assert_eq!(f.view().counter(0, state::POLLED), polls as u64);
+    let start = start.load(Ordering::SeqCst);
+    let spun = f.view().scratch(0, 1);
+    let log = f.view().messages(0);
+    assert_eq!(log.len(), timer_messages + 1, "{log:#?}");
+    assert_eq!(
+        f.view().counter(0, state::POLLED),
+        timer_messages as u64 + 1
+    );
+    assert_eq!(
+        log[0].message_type,
+        layout::MESSAGE_TYPE,
+        "the host message first"
+    );
+    let got: Vec<Expiry> = log[1..].iter().map(parse).collect();
+    let due_at = |t: u64| (t - start) / PERIOD;
+    let n = |e: &Expiry| {
+        assert_eq!((e.expiration - start) % PERIOD, 0, "off the phase: {e:?}");
+        (e.expiration - start) / PERIOD
+    };
+    assert!(
+        got[0].delivery >= spun,
+        "the first expiry waited for the slot: {got:?}"
+    );
     let counters = f.host.partition().stimer_counters(VpIndex(0)).unwrap()[0];
-    let first = got[0].expiration;
-    assert!(first >= f.view().scratch(0, 0) + PERIOD);
-    assert!(got[0].pending, "the busy slot got MessagePending: {got:#?}");
     if lazy {
-        // 1, then the latest period due when the guest freed the slot (5 or later), then a
-        // later one: on the phase grid, never a stale period.
-        let lost = assert_on_grid(&got, first);
-        assert!(got[1].expiration >= first + 4 * PERIOD, "{got:#?}");
-        assert!(lost >= 3 && counters.skipped >= 3, "{got:#?} {counters:?}");
+        for e in &got {
+            assert_eq!(n(e), due_at(e.delivery), "not the latest period: {e:?}");
+        }
+        assert!(n(&got[0]) >= 5, "{got:?}");
+        assert!(got.windows(2).all(|w| n(&w[1]) > n(&w[0])), "{got:?}");
+        assert!(counters.skipped >= 4, "{counters:?}");
     } else {
-        assert_on_schedule(&got, first);
-        assert!(got[..4].iter().all(|e| e.pending), "{got:#?}");
+        for (i, e) in got.iter().enumerate() {
+            assert_eq!(
+                n(e),
+                i as u64 + 1,
+                "period {} missing or out of order: {got:?}",
+                i + 1
+            );
+            assert!(e.delivery >= e.expiration, "{e:?}");
+            if due_at(e.delivery) > n(e) {
+                assert!(e.pending, "later periods were due: {e:?}");
+            }
+        }
+        assert!(
+            got[0].pending,
+            "periods 2..=5 were due when period 1 was delivered"
+        );
         assert_eq!(counters.skipped, 0);
-        // At least one poll found the slot busy (how many depends on when the timer thread
-        // ran); the expiries waited instead of being dropped.
-        assert!(counters.deferred >= 1, "{counters:?}");
     }
-    eprintln!("busy slot, lazy = {lazy}, {setup:?}: {got:?}; {counters:?}");
+    eprintln!("busy slot, lazy = {lazy}, {setup:?}: start {start}, spin end {spun}: {got:?}; {counters:?}");
 }
 
 /// Direct mode: STIMER1 raises vector 0x60 every ms, no SINT, no message. 200 interrupts
