@@ -307,7 +307,41 @@ fn model_seeds() -> Vec<(&'static str, Vec<u8>)> {
         Signal { sint: 2, flag: 1 },
         isr(2),
     ];
+    let timers = vec![
+        Wrmsr {
+            index: index::STIMER0_COUNT,
+            value: 5_000,
+        },
+        Wrmsr {
+            index: index::STIMER0_CONFIG,
+            value: 0x1_0003, // enabled, periodic, SINT1
+        },
+        post(1),
+        Tick { ticks: 20_000 },
+        isr(1),
+        Wrmsr {
+            index: index::STIMER0_CONFIG + 2,
+            value: 0x1_0F09, // enabled one-shot, AutoEnable, vector 0xF0 (direct bit clear)
+        },
+        Wrmsr {
+            index: index::STIMER3_COUNT,
+            value: 1,
+        },
+        SaveRestore,
+        Tick { ticks: 40_000 },
+        isr(1),
+        isr(1),
+        Eom,
+    ];
     vec![
+        (
+            "tlfs-timers",
+            model_seed(Mode::Userspace, Profile::Tlfs, 2, &timers),
+        ),
+        (
+            "kvm-timers",
+            model_seed(Mode::Userspace, Profile::Kvm, 1, &timers),
+        ),
         (
             "tlfs-traffic",
             model_seed(Mode::Userspace, Profile::Tlfs, 2, &traffic),

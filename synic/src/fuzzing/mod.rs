@@ -5,7 +5,8 @@
 //!   a fake clock, and the guest-side accesses (slot reads, the TLFS ISR's slot release).
 //! * [`Op`] is one step of a (sometimes hostile) guest or of the host: posts, event signals,
 //!   MSR writes of any value, EOMs, acks, scribbles and pokes on the guest pages, page moves
-//!   onto hostile addresses, save/restore, reset. [`Op::decode_all`] makes steps out of
+//!   onto hostile addresses, synthetic timers programmed with any value while the clock
+//!   moves, save/restore, reset. [`Op::decode_all`] makes steps out of
 //!   arbitrary bytes.
 //! * [`Checker`] applies steps and checks after each one: no accepted message lost,
 //!   duplicated or reordered; every accepted message accounted for (received, in the slot,

@@ -61,8 +61,9 @@ pub const SCRIBBLE_TYPES: [u32; 8] = [
     0x8000_0000,
 ];
 /// MSRs the raw [`Op::Wrmsr`] writes: every SynIC register the checker follows, SINT15, the
-/// read-only SVERSION and an index in the SynIC block that is no register.
-pub const WRMSR_INDICES: [u32; 11] = [
+/// read-only SVERSION, an index in the SynIC block that is no register, and synthetic timer
+/// registers.
+pub const WRMSR_INDICES: [u32; 15] = [
     index::SCONTROL,
     index::SVERSION,
     index::SIEFP,
@@ -74,6 +75,10 @@ pub const WRMSR_INDICES: [u32; 11] = [
     index::SINT0 + 3,
     index::SINT15,
     0x4000_0085,
+    index::STIMER0_CONFIG,
+    index::STIMER0_COUNT,
+    index::STIMER0_CONFIG + 2,
+    index::STIMER3_COUNT,
 ];
 /// Values at field boundaries.
 pub const EDGE_VALUES: [u64; 8] = [0, 1, 2, u64::MAX, 1 << 63, 0x1_0000, 0x1_000F, 0x7_00FF];
@@ -203,6 +208,11 @@ pub enum Op {
         /// The SINT (< [`SINTS`]).
         sint: u8,
     },
+    /// The reference clock moves forward by `ticks` (100 ns) and the timer thread polls.
+    Tick {
+        /// How far.
+        ticks: u32,
+    },
     /// Save the VP and partition, restore into a fresh partition over the same memory.
     SaveRestore,
     /// VP reset (the queued messages are handed back).
@@ -210,7 +220,7 @@ pub enum Op {
 }
 
 /// Relative frequency of each operation kind in decoded input, in [`Op`] order.
-const WEIGHTS: [u8; 16] = [30, 25, 4, 4, 2, 3, 2, 5, 3, 3, 5, 6, 10, 4, 2, 1];
+const WEIGHTS: [u8; 17] = [30, 25, 4, 4, 2, 3, 2, 5, 3, 3, 5, 8, 10, 4, 3, 2, 1];
 
 /// The decoder's readers for this checker's fields.
 trait Fields {
@@ -245,7 +255,7 @@ impl Fields for ByteReader<'_> {
     }
 
     fn value(&mut self) -> Option<u64> {
-        Some(match self.u8()? % 6 {
+        Some(match self.u8()? % 8 {
             0 => self.pick(&PAGES)? | self.pick(&PAGE_LOW_BITS)?,
             1 => self.pick(&SIEFP_PAGES)? | self.pick(&PAGE_LOW_BITS)?,
             2 => {
@@ -254,6 +264,14 @@ impl Fields for ByteReader<'_> {
                 vector | flags << 16 | self.pick(&SINT_RESERVED)?
             }
             3 => self.pick(&EDGE_VALUES)?,
+            4 => {
+                // A STIMER config: Enable/Periodic/Lazy/AutoEnable, a vector, DirectMode,
+                // SINTx (mostly a tracked SINT).
+                let low = u64::from(self.u8()?);
+                let vector = u64::from(self.u8()?);
+                (low & 0xF) | vector << 4 | (low >> 4 & 1) << 12 | ((low >> 5) % 6) << 16
+            }
+            5 => u64::from(self.u16()?),
             _ => self.u64()?,
         })
     }
@@ -328,7 +346,10 @@ impl Fields for ByteReader<'_> {
             13 => Op::ClearFlags {
                 sint: self.tracked_sint()?,
             },
-            14 => Op::SaveRestore,
+            14 => Op::Tick {
+                ticks: u32::from(self.u16()?) * 4,
+            },
+            15 => Op::SaveRestore,
             _ => Op::Reset,
         })
     }
@@ -360,7 +381,8 @@ impl Op {
     /// # Panics
     /// On a value the decoder cannot produce: a setup not in [`SETUPS`] or a capacity outside
     /// 1..=4, a tracked SINT at or above [`SINTS`], an invalid SINT or flag, scribble type or
-    /// MSR index not in its list, a page index out of range, a poke offset above 15.
+    /// MSR index not in its list, a page index out of range, a poke offset above 15, a tick
+    /// count that is not a multiple of 4 up to 4 * 65535.
     pub fn encode_all(setup: &Setup, ops: &[Op]) -> Vec<u8> {
         assert!((1..=4).contains(&setup.capacity));
         let combo = position(&SETUPS, (setup.mode, setup.profile));
@@ -387,8 +409,9 @@ impl Op {
             Op::Wrmsr { .. } => 11,
             Op::Signal { .. } => 12,
             Op::ClearFlags { .. } => 13,
-            Op::SaveRestore => 14,
-            Op::Reset => 15,
+            Op::Tick { .. } => 14,
+            Op::SaveRestore => 15,
+            Op::Reset => 16,
         }
     }
 
@@ -450,8 +473,12 @@ impl Op {
                 out.extend_from_slice(&[tracked(sint), b]);
             }
             Op::Wrmsr { index, value } => {
-                out.extend_from_slice(&[position(&WRMSR_INDICES, index), 4]);
+                out.extend_from_slice(&[position(&WRMSR_INDICES, index), 7]);
                 out.extend_from_slice(&value.to_le_bytes());
+            }
+            Op::Tick { ticks } => {
+                assert!(ticks % 4 == 0 && ticks / 4 <= u32::from(u16::MAX));
+                out.extend_from_slice(&((ticks / 4) as u16).to_le_bytes());
             }
             Op::Signal { sint, flag } => {
                 out.push(any_sint(sint));

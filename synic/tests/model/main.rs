@@ -5,7 +5,8 @@
 //! sometimes misbehaves: it never EOMs, peeks without consuming, scribbles on or pokes at its
 //! slot, disables or moves its message page (also outside RAM, onto its event-flags page, to
 //! the last page of RAM or beyond any address width), writes any value to any SynIC MSR,
-//! masks SINTs, toggles SCONTROL. The host side posts (also to invalid SINTs), signals (also
+//! masks SINTs, toggles SCONTROL, programs synthetic timers (any config, any count) while the
+//! clock moves. The host side posts (also to invalid SINTs), signals (also
 //! invalid flags), acks, saves and restores into a fresh model, and resets the VP.
 //!
 //! After every step: no message is duplicated, each SINT's messages arrive in post order,
@@ -34,6 +35,10 @@ fn msr_value() -> BoxedStrategy<u64> {
         (select(SIEFP_PAGES.to_vec()), select(PAGE_LOW_BITS.to_vec())).prop_map(|(p, l)| p | l),
         (any::<u8>(), 0u64..8).prop_map(|(v, f)| u64::from(v) | f << 16),
         select(EDGE_VALUES.to_vec()),
+        (0u64..16, any::<u8>(), any::<bool>(), 0u64..6).prop_map(|(low, v, direct, sintx)| {
+            low | u64::from(v) << 4 | u64::from(direct) << 12 | sintx << 16
+        }),
+        0u64..65_536,
         any::<u64>(),
     ]
     .boxed()
@@ -83,6 +88,7 @@ impl ReferenceStateMachine for Reference {
                 .prop_map(|(index, value)| Op::Wrmsr { index, value }),
             10 => (any_sint(), flag).prop_map(|(sint, flag)| Op::Signal { sint, flag }),
             4 => sint.prop_map(|sint| Op::ClearFlags { sint }),
+            3 => (0u32..20_000).prop_map(|t| Op::Tick { ticks: t * 4 }),
             2 => Just(Op::SaveRestore),
             1 => Just(Op::Reset),
         ]
