@@ -25,6 +25,8 @@ if [ -n "${MAX_LEN:-}" ]; then
     extra+=(-max_len="$MAX_LEN")
 fi
 mkdir -p logs target/long
+# The binaries are copied from fuzz/target whatever the caller's CARGO_TARGET_DIR says.
+export CARGO_TARGET_DIR="$PWD/target"
 for t in "${targets[@]}"; do
     cargo +nightly fuzz build -s none "$t" || exit 1
     cp "target/x86_64-unknown-linux-gnu/release/$t" "target/long/$t"
