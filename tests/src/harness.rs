@@ -369,6 +369,12 @@ impl Prepared {
         self.vm.vm_mut()
     }
 
+    /// Restores a saved SynIC state before the start ([`SynicVm::restore`]: in kernel mode
+    /// KVM's registers and clock too), guest RAM already in place.
+    pub fn restore(&mut self, state: &synic_vmm::synic_vm::SynicState) -> synic_vmm::Result<()> {
+        self.vm.restore(state)
+    }
+
     /// Starts the vCPUs.
     pub fn start(self) -> Running {
         Running {

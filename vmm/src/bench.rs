@@ -155,6 +155,77 @@ impl std::fmt::Display for BenchReport {
     }
 }
 
+/// The same workload measured in both modes (`synic-vmm bench --mode both`): each mode's
+/// table, then kernel mode's medians over userspace mode's, row by row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModeComparison {
+    /// Userspace mode.
+    pub userspace: BenchReport,
+    /// Kernel mode.
+    pub kernel: BenchReport,
+}
+
+impl ModeComparison {
+    /// Kernel-mode median over userspace-mode median, per kind (floor first).
+    pub fn ratios(&self) -> Vec<(Kind, f64)> {
+        self.userspace
+            .rows
+            .iter()
+            .filter_map(|u| {
+                let k = self.kernel.rows.iter().find(|k| k.kind == u.kind)?;
+                let user = u.latency.p50.as_secs_f64().max(1e-12);
+                Some((u.kind, k.latency.p50.as_secs_f64() / user))
+            })
+            .collect()
+    }
+}
+
+impl std::fmt::Display for ModeComparison {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{}", self.userspace)?;
+        writeln!(f, "{}", self.kernel)?;
+        writeln!(
+            f,
+            "kernel vs userspace mode, same workload, same run (median ratio; < 1 = kernel faster)"
+        )?;
+        writeln!(
+            f,
+            "{:<46} {:>10} {:>10} {:>9}",
+            "round trip", "userspace", "kernel", "k / u"
+        )?;
+        for (kind, ratio) in self.ratios() {
+            let median = |r: &BenchReport| {
+                r.rows
+                    .iter()
+                    .find(|row| row.kind == kind)
+                    .map_or(0.0, |row| row.latency.p50.as_secs_f64() * 1e6)
+            };
+            writeln!(
+                f,
+                "{:<46} {:>7.1} us {:>7.1} us {:>8.2}x",
+                kind.label(),
+                median(&self.userspace),
+                median(&self.kernel),
+                ratio
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs the benchmark in userspace mode, then in kernel mode, with `config`'s counts.
+pub fn compare_modes(config: &BenchConfig) -> Result<ModeComparison> {
+    let userspace = run(&BenchConfig {
+        mode: ModeRequest::Userspace,
+        ..*config
+    })?;
+    let kernel = run(&BenchConfig {
+        mode: ModeRequest::Kernel,
+        ..*config
+    })?;
+    Ok(ModeComparison { userspace, kernel })
+}
+
 /// Fires the next round trip of the kind being measured (on the vCPU thread).
 type Fire = Box<dyn Fn(u64) -> bool + Send + Sync>;
 
@@ -480,4 +551,49 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
             })
             .collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(mode: SynicMode, medians_us: [u64; 4]) -> BenchReport {
+        BenchReport {
+            mode,
+            rows: Kind::ALL
+                .iter()
+                .zip(medians_us)
+                .map(|(&kind, us)| Row {
+                    kind,
+                    latency: Latency {
+                        samples: 1,
+                        p50: Duration::from_micros(us),
+                        p99: Duration::from_micros(us),
+                    },
+                    ops_per_sec: 1e6 / us as f64,
+                    ratio: us as f64 / medians_us[0] as f64,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn mode_comparison_divides_kernel_medians_by_userspace_ones() {
+        let c = ModeComparison {
+            userspace: report(SynicMode::Userspace, [40, 44, 42, 52]),
+            kernel: report(SynicMode::Kernel, [20, 33, 21, 13]),
+        };
+        let ratios = c.ratios();
+        assert_eq!(
+            ratios.iter().map(|r| r.0).collect::<Vec<_>>(),
+            Kind::ALL.to_vec()
+        );
+        let want = [0.5, 0.75, 0.5, 0.25];
+        for ((_, got), want) in ratios.iter().zip(want) {
+            assert!((got - want).abs() < 1e-9, "{got} vs {want}");
+        }
+        let text = c.to_string();
+        assert!(text.contains("mode: Userspace") && text.contains("mode: Kernel"));
+        assert!(text.contains("0.25x"), "{text}");
+    }
 }

@@ -113,6 +113,25 @@ impl Hypercall {
             }
         }
     }
+
+    /// The call a `KVM_EXIT_HYPERV_HCALL` exit describes (kernel mode): `input` and KVM's
+    /// `params[0..2]`.
+    ///
+    /// KVM tries HvSignalEvent itself first and exits to userspace only when no
+    /// `KVM_HYPERV_EVENTFD` matches. For the memory form it has already read the 8-byte input
+    /// and hands over that value in `params[0]` (not the GPA) with the Fast bit still clear, so
+    /// the call is returned here in its fast form: the guest's input read once, by KVM.
+    pub fn from_kvm_exit(input: u64, params: [u64; 2]) -> Hypercall {
+        let mut input = HypercallInput(input);
+        if input.call_code() == HVCALL_SIGNAL_EVENT {
+            input.0 |= 1 << 16;
+        }
+        Hypercall {
+            input,
+            param0: params[0],
+            param1: params[1],
+        }
+    }
 }
 
 /// Writes a hypercall result: RAX in 64-bit mode, EDX:EAX in 32-bit mode.
@@ -188,6 +207,22 @@ mod tests {
         assert_eq!((out.rax, out.rdx), (5, 2));
         write_result(&mut out, true, 7);
         assert_eq!(out.rax, 7);
+    }
+
+    #[test]
+    fn kvm_exit_signal_event_is_the_fast_form_of_the_value_kvm_read() {
+        // Memory-form HvSignalEvent: KVM read the input, params[0] is the value.
+        let c = Hypercall::from_kvm_exit(u64::from(HVCALL_SIGNAL_EVENT), [0x3_0000_0007, 0]);
+        assert!(c.input.fast());
+        assert_eq!(c.input.call_code(), HVCALL_SIGNAL_EVENT);
+        assert_eq!(c.param0, 0x3_0000_0007);
+        // Already fast: unchanged.
+        let fast = u64::from(HVCALL_SIGNAL_EVENT) | 1 << 16;
+        assert_eq!(Hypercall::from_kvm_exit(fast, [7, 0]).input.0, fast);
+        // HvPostMessage keeps its memory form and GPAs.
+        let c = Hypercall::from_kvm_exit(u64::from(HVCALL_POST_MESSAGE), [0x1000, 0x2000]);
+        assert!(!c.input.fast());
+        assert_eq!((c.param0, c.param1), (0x1000, 0x2000));
     }
 
     #[test]

@@ -21,9 +21,10 @@ const USAGE: &str = "usage:
   synic-vmm run [--smp N] [--mem MiB] [--timeout S] KERNEL [ARGS..]
                                     boot a multiboot kernel; its COM1 output goes to stdout
                                     and the exit status is QEMU isa-debug-exit's (value << 1 | 1)
-  synic-vmm bench [--mode ..] [--profile ..] [--count N]
+  synic-vmm bench [--mode auto|kernel|userspace|both] [--profile ..] [--count N]
                                     print the round-trip table (raw irqfd floor vs SynIC;
-                                    N = 5000 round trips per kind per round, 3 rounds)
+                                    N = 5000 round trips per kind per round, 3 rounds);
+                                    `both` runs userspace then kernel mode and compares them
   synic-vmm linux [OPTIONS] KERNEL  boot a Linux bzImage (options: synic-vmm linux --help)";
 
 /// Exit status for usage and setup errors.
@@ -153,6 +154,8 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
 /// Options of the demo and the benchmark.
 struct Options {
     mode: ModeRequest,
+    /// `--mode both` (bench only): userspace and kernel mode in one run.
+    both_modes: bool,
     profile: Profile,
     /// Demo: messages and events per vCPU each way; bench: round trips per kind per round.
     count: Option<u64>,
@@ -163,6 +166,7 @@ struct Options {
 fn parse_options(argv: impl Iterator<Item = String>) -> Result<Options, String> {
     let mut o = Options {
         mode: ModeRequest::Auto,
+        both_modes: false,
         profile: Profile::Tlfs,
         count: None,
         timeout: None,
@@ -172,8 +176,10 @@ fn parse_options(argv: impl Iterator<Item = String>) -> Result<Options, String> 
         let mut value = |name: &str| argv.next().ok_or_else(|| format!("{name} needs a value"));
         match a.as_str() {
             "--mode" => {
-                o.mode = match value("--mode")?.as_str() {
-                    "auto" => ModeRequest::Auto,
+                let v = value("--mode")?;
+                o.both_modes = v == "both";
+                o.mode = match v.as_str() {
+                    "auto" | "both" => ModeRequest::Auto,
                     "kernel" => ModeRequest::Kernel,
                     "userspace" | "user" => ModeRequest::Userspace,
                     other => return Err(format!("--mode {other}: auto, kernel or userspace")),
@@ -211,6 +217,9 @@ fn parse_options(argv: impl Iterator<Item = String>) -> Result<Options, String> 
 }
 
 fn run_demo(o: Options) -> Result<ExitCode, String> {
+    if o.both_modes {
+        return Err("--mode both is for synic-vmm bench; the demo runs one mode".into());
+    }
     let mut config = DemoConfig {
         mode: o.mode,
         profile: o.profile,
@@ -255,6 +264,11 @@ fn run_bench(o: Options) -> Result<ExitCode, String> {
         "synic-vmm bench: {} rounds x {} round trips per kind (after {} warm-up), interleaved",
         config.rounds, config.iterations, config.warmup
     );
+    if o.both_modes {
+        let report = bench::compare_modes(&config).map_err(|e| e.to_string())?;
+        print!("{report}");
+        return Ok(ExitCode::SUCCESS);
+    }
     let report = bench::run(&config).map_err(|e| e.to_string())?;
     print!("{report}");
     Ok(ExitCode::SUCCESS)

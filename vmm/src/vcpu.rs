@@ -9,7 +9,7 @@ use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 
 use crate::control::{StopReason, VmControl};
 use crate::hv::{HvPartition, PartitionMsrs};
-use crate::hypercall::{self, Hypercall, HypercallHandler, HypercallInput, NoHypercalls};
+use crate::hypercall::{self, Hypercall, HypercallHandler, NoHypercalls};
 use crate::io::IoBus;
 use crate::kick;
 use crate::layout::ports::HYPERCALL_TRAP;
@@ -25,6 +25,10 @@ pub use synic::SynicExit;
 pub trait SynicExitHandler: Send {
     /// The guest changed SCONTROL, SIEFP or SIMP.
     fn synic_exit(&mut self, exit: &SynicExit);
+
+    /// The vCPU left `KVM_RUN` for good (the VM is stopping), on its own thread: the moment to
+    /// read vCPU state KVM keeps, such as the in-kernel SynIC's registers. Default: nothing.
+    fn vcpu_stopped(&mut self, _vcpu: &VcpuFd) {}
 }
 
 /// Ignores SynIC notifications.
@@ -143,6 +147,7 @@ impl VcpuRunner {
             }
         }
         kick::unregister();
+        self.handlers.synic_exit.vcpu_stopped(&self.fd);
         stats
     }
 
@@ -308,11 +313,10 @@ impl VcpuRunner {
             KVM_EXIT_HYPERV_HCALL => {
                 // SAFETY: type HCALL selects the `hcall` member.
                 let h = unsafe { &mut hv.u.hcall };
-                h.result = self.handlers.hypercall.hypercall(&Hypercall {
-                    input: HypercallInput(h.input),
-                    param0: h.params[0],
-                    param1: h.params[1],
-                });
+                h.result = self
+                    .handlers
+                    .hypercall
+                    .hypercall(&Hypercall::from_kvm_exit(h.input, h.params));
                 Ok(())
             }
             other => Err(format!("unsupported KVM_EXIT_HYPERV type {other}")),

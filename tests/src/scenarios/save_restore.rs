@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{kvm_msr_entry, Msrs};
 use synic_msr::index::{SCONTROL, SIEFP, SIMP, SINT0};
 use synic_vmm::boot::LongModeEntry;
 use synic_vmm::guest::layout::stack_top;
@@ -79,9 +78,9 @@ impl Poster {
 /// the rest. Every message arrives exactly once, in order; at the save point messages were
 /// queued behind a busy slot.
 ///
-/// Kernel mode: KVM's own SynIC registers are vCPU state, which a VMM migrates with
-/// KVM_GET/SET_MSRS; the test sets them on the new vCPU (SCONTROL/SIMP/SIEFP from the saved
-/// state, SINT2 as the guest programmed it) before restoring the model.
+/// Kernel mode: KVM's own SynIC registers are vCPU state; the library reads them when the
+/// vCPUs stop (host-initiated KVM_GET_MSRS, with the kvmclock) and `SynicVm::restore` writes
+/// them into the new vCPU before the model, so the resumed guest needs no reprogramming.
 pub fn save_restore_mid_traffic(setup: Setup) {
     let sint_value = SintValue::vector(vector(SINT));
     let mut g = SynicGuest::new().unwrap();
@@ -123,7 +122,26 @@ pub fn save_restore_mid_traffic(setup: Setup) {
         "{:#x?}",
         first.reports
     );
-    let state = first.host.synic().save();
+    let state = first.host.synic().save().expect("save");
+    // Kernel mode: the SINT the guest programmed came along in KVM's registers.
+    match (&state.kernel, setup.mode) {
+        (None, Mode::Userspace) => {}
+        (Some(k), Mode::Kernel) => {
+            let sint = SINT0 + u32::from(SINT);
+            let saved = k.vcpus[0].iter().find(|r| r.0 == sint).map(|r| r.1);
+            assert_eq!(saved, Some(sint_value.raw()), "KVM's SINT{SINT}: {k:x?}");
+            for msr in [SCONTROL, SIEFP, SIMP] {
+                let saved = k.vcpus[0].iter().find(|r| r.0 == msr).map(|r| r.1);
+                let model = state.vps[0]
+                    .registers
+                    .iter()
+                    .find(|r| r.0 == msr)
+                    .map(|r| r.1);
+                assert_eq!(saved, model, "MSR {msr:#x}: KVM and the model agree");
+            }
+        }
+        other => panic!("saved state does not match the mode: {other:?}"),
+    }
     let queued = state.vps[0].queues[usize::from(SINT)].len();
     assert!(
         queued > 0,
@@ -148,34 +166,7 @@ pub fn save_restore_mid_traffic(setup: Setup) {
         .memory()
         .write_slice(&ram, GuestAddress(0))
         .unwrap();
-    if setup.mode == Mode::Kernel {
-        let saved = &state.vps[0].registers;
-        let reg = |msr: u32| {
-            saved
-                .iter()
-                .find(|(i, _)| *i == msr)
-                .map(|&(_, v)| v)
-                .unwrap_or_else(|| panic!("kernel-mode state lacks MSR {msr:#x}: {saved:x?}"))
-        };
-        let msrs = [
-            (SCONTROL, reg(SCONTROL)),
-            (SIEFP, reg(SIEFP)),
-            (SIMP, reg(SIMP)),
-            (SINT0 + u32::from(SINT), sint_value.raw()),
-        ];
-        let entries: Vec<kvm_msr_entry> = msrs
-            .iter()
-            .map(|&(index, data)| kvm_msr_entry {
-                index,
-                data,
-                ..Default::default()
-            })
-            .collect();
-        let msrs = Msrs::from_entries(&entries).unwrap();
-        let vcpu = new.vm_mut().vcpu(0).unwrap();
-        assert_eq!(vcpu.set_msrs(&msrs).unwrap(), entries.len());
-    }
-    new.host().synic().restore(&state).expect("restore");
+    new.restore(&state).expect("restore");
     new.vm_mut()
         .boot_long_mode(|cpu| LongModeEntry {
             rip: resume_at,

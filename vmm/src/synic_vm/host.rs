@@ -11,6 +11,7 @@ use synic::hypercall::{
 use synic::{PartitionState, SintIndex, VpIndex, VpState};
 use synic_routing::{Gsi, RoutingTable, SintCounters};
 
+use super::kernel_state::KernelSynicState;
 use super::routes::SintRoutes;
 use super::timers::StimerHook;
 use super::{SynicMemory, SynicPartition, SynicVp};
@@ -26,7 +27,13 @@ pub struct SynicState {
     pub partition: PartitionState,
     /// Registers and queued messages of VP `n` (vCPU `n`).
     pub vps: Vec<VpState>,
+    /// Kernel mode: the registers and clock KVM keeps (`None` in userspace mode, where the
+    /// model owns every register).
+    pub kernel: Option<KernelSynicState>,
 }
+
+/// One vCPU's KVM registers as read when its thread stopped, or why the read failed.
+type KernelRead = std::result::Result<Vec<(u32, u64)>, String>;
 
 /// What the wiring saw (monotonic counters), beyond the model's and the routes' own.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -88,6 +95,10 @@ pub struct AttachedSynic {
     memory: SynicMemory,
     hypercall: Arc<HypercallMirror>,
     stimer_hook: Arc<dyn StimerHook>,
+    /// Kernel mode: KVM's registers of each vCPU, read when its thread stopped.
+    kernel_registers: Box<[Mutex<Option<KernelRead>>]>,
+    /// Kernel mode: the kvmclock after the vCPUs stopped.
+    kernel_clock: Mutex<Option<u64>>,
     pub(crate) stats: Stats,
 }
 
@@ -115,6 +126,8 @@ impl AttachedSynic {
         Self {
             mode,
             partition,
+            kernel_registers: vps.iter().map(|_| Mutex::new(None)).collect(),
+            kernel_clock: Mutex::new(None),
             vps: vps.into_iter().map(Mutex::new).collect(),
             connections,
             routes,
@@ -293,22 +306,94 @@ impl AttachedSynic {
         &self.stimer_hook
     }
 
+    /// Kernel mode: vCPU `vcpu`'s thread stopped and read KVM's registers (or failed to).
+    pub(crate) fn kernel_registers_read(&self, vcpu: u32, read: Result<Vec<(u32, u64)>>) {
+        if let Some(slot) = self.kernel_registers.get(vcpu as usize) {
+            *slot.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some(read.map_err(|e| e.to_string()));
+        }
+    }
+
+    /// Kernel mode: the VM's vCPUs all stopped and the kvmclock read `clock_ns`.
+    pub(crate) fn kernel_clock_read(&self, clock_ns: u64) {
+        *self
+            .kernel_clock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(clock_ns);
+    }
+
     /// Saves the partition and every VP. Each VP is saved atomically with respect to its own
     /// vCPU's exits (its mutex); for a snapshot that matches guest memory, stop the vCPUs
-    /// first. Kernel mode: KVM's own SynIC MSRs are not in it (save them with KVM_GET_MSRS).
-    pub fn save(&self) -> SynicState {
+    /// first.
+    ///
+    /// Kernel mode: the state also holds KVM's registers of every vCPU (SCONTROL, SIEFP, SIMP,
+    /// SINTs, timers, GUEST_OS_ID, HYPERCALL, ...; see [`super::KERNEL_MSRS`]) and the
+    /// kvmclock, read when the VM stopped. Saving a kernel-mode VM that has not run and
+    /// stopped is an error, as is a register KVM refused to read.
+    pub fn save(&self) -> Result<SynicState> {
+        let kernel = match self.mode {
+            SynicMode::Userspace => None,
+            SynicMode::Kernel => Some(self.kernel_save()?),
+        };
         let partition = self.partition.save();
         let vps = (0..self.vcpus())
             .filter_map(|i| self.with_vp(i, |vp| vp.save()))
             .collect();
-        SynicState { partition, vps }
+        Ok(SynicState {
+            partition,
+            vps,
+            kernel,
+        })
     }
 
-    /// Restores a saved state into this (freshly built, not yet started or stopped) VM, after
-    /// guest memory is in place: the partition first, then every VP (which retries delivery),
-    /// then the timer hook re-arms. A state for another VP count is refused before anything
-    /// changes; a VP the model refuses stops the restore there (do not run the VM then).
+    fn kernel_save(&self) -> Result<KernelSynicState> {
+        let not_stopped = || {
+            Error::Config(
+                "kernel mode: KVM's SynIC registers are read when the VM stops; save after \
+                 the VM ran and stopped"
+                    .into(),
+            )
+        };
+        let clock_ns = self
+            .kernel_clock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .ok_or_else(not_stopped)?;
+        let mut vcpus = Vec::with_capacity(self.kernel_registers.len());
+        for (vcpu, slot) in self.kernel_registers.iter().enumerate() {
+            match &*slot.lock().unwrap_or_else(PoisonError::into_inner) {
+                None => return Err(not_stopped()),
+                Some(Err(e)) => {
+                    return Err(Error::Config(format!(
+                        "kernel mode: reading vCPU {vcpu}'s Hyper-V registers failed: {e}"
+                    )))
+                }
+                Some(Ok(regs)) => vcpus.push(regs.clone()),
+            }
+        }
+        Ok(KernelSynicState { clock_ns, vcpus })
+    }
+
+    /// Restores the model's part of a saved state into this (freshly built, not yet started
+    /// or stopped) VM, after guest memory is in place: the partition first, then every VP
+    /// (which retries delivery), then the timer hook re-arms. A state for another VP count or
+    /// the other mode is refused before anything changes; a VP the model refuses stops the
+    /// restore there (do not run the VM then).
+    ///
+    /// Kernel mode: use [`super::SynicVm::restore`], which writes KVM's registers into the
+    /// vCPUs first; this method restores the model only.
     pub fn restore(&self, state: &SynicState) -> Result<()> {
+        if state.kernel.is_some() != (self.mode == SynicMode::Kernel) {
+            return Err(Error::Config(format!(
+                "saved SynIC state is from {} mode, this VM runs {:?} mode",
+                if state.kernel.is_some() {
+                    "kernel"
+                } else {
+                    "userspace"
+                },
+                self.mode
+            )));
+        }
         if state.vps.len() != self.vps.len() {
             return Err(Error::Config(format!(
                 "saved SynIC state has {} VPs, this VM has {}",

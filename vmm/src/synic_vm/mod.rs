@@ -37,12 +37,13 @@
 //! let msg = HvMessage::new(MessageType(1), 0, b"hello").unwrap();
 //! let _ = synic.partition().post_message(VpIndex(0), 2u32, msg);
 //! let outcome = running.wait(Some(Duration::from_secs(10)));
-//! let state = synic.save(); // vCPUs stopped: a consistent snapshot
+//! let state = synic.save()?; // vCPUs stopped: a consistent snapshot
 //! # let _ = (outcome, state); Ok(()) }
 //! ```
 
 mod connections;
 mod host;
+mod kernel_state;
 mod routes;
 mod testdev;
 mod timers;
@@ -51,6 +52,7 @@ mod vcpu;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kvm_ioctls::VmFd;
 use synic::hypercall::Connections;
 use synic::{Mode, PartitionConfig, SintIndex, SystemReferenceClock, VpIndex};
 use synic_msr::Profile;
@@ -59,7 +61,7 @@ use synic_routing::{DefaultRoutes, KernelSintRoutes, RoutingTable, UserSintRoute
 use crate::control::VmControl;
 use crate::cpuid::HvFeatures;
 use crate::devices::HvTestDev;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::layout::ports;
 use crate::memory::GuestMemory;
 use crate::probe::{ModeRequest, SynicMode};
@@ -68,6 +70,7 @@ use crate::vm::{RunOutcome, RunningVm, Vm, VmConfig};
 
 pub use connections::{GuestEvent, GuestMessage, HostEventConnection, HostMessageConnection};
 pub use host::{AttachedSynic, SynicState, SynicStats};
+pub use kernel_state::{KernelSynicState, KERNEL_MSRS, REFERENCE_TSC, VP_ASSIST_PAGE};
 pub use testdev::{SynicTestDev, TestDevStats};
 pub use timers::{NoStimers, StimerHook};
 pub use vcpu::SynicVcpu;
@@ -305,6 +308,43 @@ impl SynicVm {
         self.testdev.as_ref()
     }
 
+    /// Restores a state saved by [`AttachedSynic::save`] into this VM before its start, guest
+    /// memory already in place. Kernel mode first sets the kvmclock and writes KVM's saved
+    /// registers into every vCPU (host-initiated `KVM_SET_MSRS`; SynIC2 is already enabled
+    /// on them), then restores the model ([`AttachedSynic::restore`]). A state from the
+    /// other mode or for another vCPU count is refused before anything changes.
+    pub fn restore(&mut self, state: &SynicState) -> Result<()> {
+        let kernel = match (&state.kernel, self.mode()) {
+            (Some(k), SynicMode::Kernel) => Some(k),
+            (None, SynicMode::Userspace) => None,
+            (saved, mode) => {
+                return Err(Error::Config(format!(
+                    "saved SynIC state is from {} mode, this VM runs {mode:?} mode",
+                    if saved.is_some() {
+                        "kernel"
+                    } else {
+                        "userspace"
+                    }
+                )))
+            }
+        };
+        if let Some(k) = kernel {
+            let vcpus = self.synic.vcpus() as usize;
+            if k.vcpus.len() != vcpus || state.vps.len() != vcpus {
+                return Err(Error::Config(format!(
+                    "saved SynIC state has {} vCPUs, this VM has {vcpus}",
+                    k.vcpus.len()
+                )));
+            }
+            kernel_state::write_clock(self.vm.vm_fd(), k.clock_ns)?;
+            for (n, regs) in (0u32..).zip(&k.vcpus) {
+                let fd = self.vm.vcpu(n).ok_or(Error::AlreadyStarted)?;
+                kernel_state::write_vcpu(fd, n, regs)?;
+            }
+        }
+        self.synic.restore(state)
+    }
+
     /// Starts the vCPUs, each with a [`SynicVcpu`] as its MSR, hypercall and SynIC-exit
     /// handler, and tells the timer hook.
     pub fn start(self) -> Result<RunningSynicVm> {
@@ -388,7 +428,9 @@ impl RunningSynicVm {
         progress: impl FnMut(Duration, &[u64]),
     ) -> RunOutcome {
         let running = self.running.take().expect("running VM present");
+        let vm_fd = Arc::clone(running.vm_fd());
         let outcome = running.wait_with_progress(timeout, interval, progress);
+        self.kernel_clock_after_stop(&vm_fd);
         self.synic.stimer_hook().vm_stopped();
         outcome
     }
@@ -401,10 +443,24 @@ impl RunningSynicVm {
     }
 }
 
+impl RunningSynicVm {
+    /// Kernel mode: the vCPUs stopped (each read its KVM registers); read the kvmclock.
+    fn kernel_clock_after_stop(&self, vm_fd: &VmFd) {
+        if self.synic.mode() == SynicMode::Kernel {
+            // Without a clock the save reports the VM as not stopped.
+            if let Ok(clock) = kernel_state::read_clock(vm_fd) {
+                self.synic.kernel_clock_read(clock);
+            }
+        }
+    }
+}
+
 impl Drop for RunningSynicVm {
     fn drop(&mut self) {
         if let Some(running) = self.running.take() {
+            let vm_fd = Arc::clone(running.vm_fd());
             drop(running);
+            self.kernel_clock_after_stop(&vm_fd);
             self.synic.stimer_hook().vm_stopped();
         }
     }

@@ -9,9 +9,13 @@ use synic_msr::index::{GUEST_OS_ID, HYPERCALL};
 use synic_msr::Origin;
 use vm_memory::{Bytes, GuestAddress};
 
+use kvm_ioctls::VcpuFd;
+
 use super::host::{AttachedSynic, Stats};
+use super::kernel_state;
 use crate::hypercall::{hypercall_page, Hypercall, HypercallHandler};
 use crate::msr::MsrHandler;
+use crate::probe::SynicMode;
 use crate::vcpu::{SynicExit, SynicExitHandler};
 
 /// The exit handlers of one vCPU with the model attached: [`MsrHandler`] (every Hyper-V MSR
@@ -134,6 +138,13 @@ impl SynicExitHandler for SynicVcpu {
             .with_vp(self.vcpu, |vp| vp.apply_synic_exit(*exit).is_ok());
         if applied != Some(true) {
             Stats::bump(&self.synic.stats.synic_exit_errors);
+        }
+    }
+
+    fn vcpu_stopped(&mut self, vcpu: &VcpuFd) {
+        if self.synic.mode() == SynicMode::Kernel {
+            self.synic
+                .kernel_registers_read(self.vcpu, kernel_state::read_vcpu(vcpu));
         }
     }
 }
