@@ -18,6 +18,11 @@ pub enum StopReason {
     Shutdown {
         /// The vCPU.
         vcpu: u32,
+        /// Its RIP after the shutdown (`KVM_GET_REGS`; 0 if that failed): where the last
+        /// fault was raised, for a diagnosis.
+        rip: u64,
+        /// Its RSP then (a stack overflow shows here).
+        rsp: u64,
     },
     /// A vCPU reported a KVM system event (reset, shutdown, crash).
     SystemEvent {

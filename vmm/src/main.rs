@@ -143,8 +143,10 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
             );
             Ok(ExitCode::from(EXIT_TIMEOUT))
         }
-        StopReason::Shutdown { vcpu } => {
-            eprintln!("synic-vmm: vCPU {vcpu} shut down (triple fault)");
+        StopReason::Shutdown { vcpu, rip, rsp } => {
+            eprintln!(
+                "synic-vmm: vCPU {vcpu} shut down (triple fault) at RIP {rip:#x}, RSP {rsp:#x}"
+            );
             Ok(ExitCode::SUCCESS)
         }
         other => Err(format!("guest stopped: {other:?}")),

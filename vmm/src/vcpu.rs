@@ -219,7 +219,14 @@ impl VcpuRunner {
             }
             // With the in-kernel LAPIC, HLT only exits if the kernel decides to; just resume.
             Ok(VcpuExit::Hlt) | Ok(VcpuExit::Intr) | Ok(VcpuExit::IrqWindowOpen) => Next::Continue,
-            Ok(VcpuExit::Shutdown) => Next::Stop(StopReason::Shutdown { vcpu }),
+            Ok(VcpuExit::Shutdown) => {
+                let regs = self.fd.get_regs().unwrap_or_default();
+                Next::Stop(StopReason::Shutdown {
+                    vcpu,
+                    rip: regs.rip,
+                    rsp: regs.rsp,
+                })
+            }
             Ok(VcpuExit::SystemEvent(kind, _)) => {
                 Next::Stop(StopReason::SystemEvent { vcpu, kind })
             }

@@ -137,7 +137,7 @@ fn summary(report: &LinuxReport) -> (String, u8) {
         (Some(PowerEvent::PowerOff), _) => ("powered off".to_string(), 0),
         (Some(PowerEvent::Halt), _) => ("halted".to_string(), 0),
         (Some(PowerEvent::Reset), _) => ("reset".to_string(), EXIT_RESET),
-        (None, StopReason::Shutdown { vcpu }) => (
+        (None, StopReason::Shutdown { vcpu, .. }) => (
             format!("triple-faulted on vCPU {vcpu} (a reset)"),
             EXIT_RESET,
         ),
