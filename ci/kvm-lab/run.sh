@@ -10,21 +10,27 @@
 #   - synic-e2e e2e::*::kernel        every end-to-end guest program, kernel-mode setup
 #   - synic-e2e timers::*::kernel     the real-KVM timer tests against KVM's own timers
 #   - synic-vmm kvm_kernel_mode, kvm_synic, kvm_demo (kernel mode where SYNIC2 exists; the
-#     demo test's 60 s debug-build exchange is left to the release demo below: see
+#     demo test's debug-build exchange is left to the release demo below: see
 #     docs/kernel-mode-lab.md, "Known issue")
 #   - synic-routing kvm_guest kernel_mode_*, kvm_table, kvm_fd_leak (HV_SINT routes for real)
 #   - synic-vmm --mode kernel (the demo, every message and event checked)
 #   - synic-vmm bench --mode both (userspace vs kernel mode, same workload, same run)
 # Passes (exit 0) when every command exits 0, every test binary ran at least one test and
-# nothing printed SKIPPED (inside the lab nothing may skip). Exit 1 on failure; exit 77
+# nothing printed SKIPPED (inside the lab nothing may skip). A command broken by the lab's
+# emulator bug (the nested guest resumed at a lab-kernel address, seen by a filtered kvm_exit
+# tracepoint) is run again inside the lab and reported as RETRIED (docs/kernel-mode-lab.md). Exit 1 on failure; exit 77
 # (SKIPPED, said loudly) when the lab cannot be prepared. Logs: $KERNEL_LAB_OUT (default
-# target/kvm-lab under the repository). KERNEL_LAB_LIMIT: seconds per command (default 600).
+# target/kvm-lab under the repository). KERNEL_LAB_LIMIT: seconds per command (default 180);
+# KERNEL_LAB_TIMEOUT: seconds for one lab boot (default 600; a second boot runs what a
+# wedged first one left unfinished).
 set -uo pipefail
 SKIP=77
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 out=${KERNEL_LAB_OUT:-$root/target/kvm-lab}
-limit=${KERNEL_LAB_LIMIT:-600}
+limit=${KERNEL_LAB_LIMIT:-180}
+# The whole lab run (boot included): a wedged lab must not hold CI for long.
+lab_timeout=${KERNEL_LAB_TIMEOUT:-600}
 kvmlab=${KVM_LAB:-}
 for c in "$root/../shared/tools/kvm-lab/kvm-lab" /work/shared/tools/kvm-lab/kvm-lab; do
   [ -z "$kvmlab" ] && [ -x "$c" ] && kvmlab=$c
@@ -102,56 +108,77 @@ add_test vmm-kvm_demo synic-vmm kvm_demo --skip demo_exchanges_every_message_and
 add_test routing-kvm_guest-kernel synic-routing kvm_guest kernel_mode
 add_test routing-kvm_table synic-routing kvm_table
 add_test routing-kvm_fd_leak synic-routing kvm_fd_leak
-printf 'demo-kernel\t%s\t%s --mode kernel --count 3000 --timeout 240\n' "$root" "$vmm" >>"$suite"
+printf 'demo-kernel\t%s\t%s --mode kernel --count 3000 --timeout 60\n' "$root" "$vmm" >>"$suite"
 printf 'bench-both\t%s\t%s bench --mode both --count 2000\n' "$root" "$vmm" >>"$suite"
 
-# 3. One boot runs everything.
-n=$(wc -l <"$suite")
-say "running $n commands in kvm-lab (one boot)"
-t0=$(date +%s)
-"$kvmlab" --smp 2 --timeout $((limit * n + 120)) "$here/in-lab.sh" "$suite" "$limit" \
-  >"$out/lab.log" 2>&1
-lab_rc=$?
-t1=$(date +%s)
-say "kvm-lab finished in $((t1 - t0)) s (status $lab_rc); raw log $out/lab.log"
-grep -m1 '^=== lab: ' "$out/lab.log" | sed 's/^=== /kernel-lab: /' >&2
+# 3. One boot runs everything. Commands a wedged lab left unfinished (no end marker) get one
+#    more boot; a command the lab's emulator bug broke is retried inside the lab (in-lab.sh).
+: >"$out/lab.log"
+todo=$suite
+for boot in 1 2; do
+  say "boot $boot: running $(wc -l <"$todo") commands in kvm-lab"
+  t0=$(date +%s)
+  "$kvmlab" --smp 2 --timeout "$lab_timeout" "$here/in-lab.sh" "$todo" "$limit" \
+    >"$out/lab.$boot.log" 2>&1
+  lab_rc=$?
+  t1=$(date +%s)
+  say "boot $boot finished in $((t1 - t0)) s (status $lab_rc); raw log $out/lab.$boot.log"
+  cat "$out/lab.$boot.log" >>"$out/lab.log"
+  next="$out/suite.$((boot + 1)).tsv"
+  : >"$next"
+  while IFS=$'\t' read -r label rest; do
+    grep -a -q "^=== end $label " "$out/lab.log" || printf '%s\t%s\n' "$label" "$rest" >>"$next"
+  done <"$todo"
+  [ -s "$next" ] || break
+  [ "$boot" = 1 ] && say "the lab stopped before finishing $(cut -f1 "$next" | tr '\n' ' ')- one more boot for those"
+  todo=$next
+done
+grep -a -m1 -o '=== lab: .*' "$out/lab.log" | sed 's/^=== /kernel-lab: /' >&2
 
-# 4. Check every command.
-status=0 passed=0
+# 4. Check every command (its last attempt).
+status=0 passed=0 retried=0
 while IFS=$'\t' read -r label _; do
   log="$out/$label.log"
   awk -v l="$label" '$0=="=== begin " l {w=1; next} index($0, "=== end " l " ")==1 {w=0} w' \
     "$out/lab.log" >"$log"
-  end=$(grep -m1 "^=== end $label " "$out/lab.log")
+  last="$out/$label.last.log"
+  awk '/^=== attempt /{buf=""; next} {buf=buf $0 "\n"} END{printf "%s", buf}' "$log" >"$last"
+  end=$(grep -a "^=== end $label " "$out/lab.log" | tail -1)
   rc=$(echo "$end" | sed -n 's/.*rc=\([0-9]*\).*/\1/p')
   secs=$(echo "$end" | sed -n 's/.*secs=\([0-9.]*\).*/\1/p')
+  retries=$(echo "$end" | sed -n 's/.*retries=\([0-9]*\).*/\1/p')
   problems=()
   [ -n "$end" ] || problems+=("did not finish inside the lab")
   [ "${rc:-x}" = 0 ] || problems+=("exit status ${rc:-none}")
-  grep -q 'SKIPPED' "$log" && problems+=("something SKIPPED: $(grep -m1 SKIPPED "$log")")
+  grep -q 'SKIPPED' "$last" && problems+=("something SKIPPED: $(grep -m1 SKIPPED "$last")")
   what=""
   case $label in
-    demo-*) what=$(grep -m1 'verification:' "$log")
+    demo-*) what=$(grep -m1 'verification:' "$last")
             [ -n "$what" ] || problems+=("no verification line");;
     bench-*) what="see the table below";;
-    *) tests=$(sed -n 's/^test result: ok\. \([0-9]*\) passed.*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
+    *) tests=$(sed -n 's/^test result: ok\. \([0-9]*\) passed.*/\1/p' "$last" | awk '{s+=$1} END {print s+0}')
        what="$tests tests passed"
        [ "$tests" -gt 0 ] || problems+=("no test ran (filter matched nothing?)")
-       grep -E '^test .* \.\.\. FAILED' "$log" | sed 's/^/    /' >&2;;
+       grep -E '^test .* \.\.\. FAILED' "$last" | sed 's/^/    /' >&2;;
   esac
+  note=""
+  if [ "${retries:-0}" -gt 0 ]; then
+    retried=$((retried + 1))
+    note=" [RETRIED ${retries}x: the lab's emulator ran the nested guest at a lab-kernel address: $(grep -m1 "^=== emulator-bug $label:" "$log" | sed 's/.*kvm_exit: //')]"
+  fi
   if [ ${#problems[@]} -eq 0 ]; then
     passed=$((passed + 1))
-    say "PASS $label (${secs:-?} s): $what"
+    say "PASS $label (${secs:-?} s): $what$note"
   else
     status=1
-    say "FAIL $label (${secs:-?} s): ${problems[*]} (log $log)"
+    say "FAIL $label (${secs:-?} s): ${problems[*]} (log $log)$note"
   fi
 done <"$suite"
 if [ -f "$out/bench-both.log" ]; then
   sed -n '/^kernel vs userspace mode/,$p' "$out/bench-both.log" | sed 's/^/kernel-lab: /' >&2
 fi
 if [ $status -eq 0 ]; then
-  echo "kernel-lab: $passed passed, 0 failed ($(grep -m1 '^=== lab: ' "$out/lab.log" | sed 's/^=== lab: //'))"
+  echo "kernel-lab: $passed passed, 0 failed, $retried retried after the lab's emulator bug ($(grep -a -m1 -o '=== lab: .*' "$out/lab.log" | sed 's/^=== lab: //'))"
 else
   echo "kernel-lab: FAILED (logs in $out)"
 fi

@@ -289,6 +289,42 @@ fn guest_stats(memory: &crate::memory::GuestMemory, vcpu: u32) -> Result<[u64; 1
     Ok(out)
 }
 
+/// Where a vCPU's exchange stood when it did not finish: the model's counters of both SINTs,
+/// the message slot's header and the event-flag word in guest memory, the guest's interrupt
+/// counts and its retry/spurious counts.
+fn stall_state(
+    memory: &crate::memory::GuestMemory,
+    synic: &crate::synic_vm::AttachedSynic,
+    vcpu: u32,
+    guest: &[u64; 12],
+) -> String {
+    let base = layout::FREE_PAGES + u64::from(vcpu) * VCPU_AREA;
+    let read = |gpa: u64| {
+        memory
+            .read_obj::<u64>(GuestAddress(gpa))
+            .unwrap_or(u64::MAX)
+    };
+    let slot = read(base + guest::SIMP_OFFSET + 256 * u64::from(MSG_SINT));
+    let flags = read(base + guest::SIEFP_OFFSET + 256 * u64::from(EVT_SINT));
+    let irqs = |vector: u8| read(layout::percpu(vcpu) + 8 * u64::from(vector));
+    let counters = synic.partition().counters(synic::VpIndex(vcpu)).ok();
+    let sint = |n: u8| counters.map(|c| c.sints[usize::from(n)]);
+    let gs = |s: u64| guest[(s / 8) as usize];
+    format!(
+        "vCPU {vcpu} at the end: message SINT {:?}; slot type {:#x} flags {:#x}; event SINT \
+         {:?}; flag word {flags:#x}; guest interrupts: {} message, {} event; guest retries {}, \
+         spurious {}",
+        sint(MSG_SINT),
+        slot & 0xFFFF_FFFF,
+        (slot >> 40) & 0xFF,
+        sint(EVT_SINT),
+        irqs(guest::MSG_VECTOR),
+        irqs(guest::EVT_VECTOR),
+        gs(stat::RETRIES),
+        gs(stat::SPURIOUS),
+    )
+}
+
 /// Runs the demo. `progress(line)` is called about every `interval` while it runs.
 pub fn run(
     config: &DemoConfig,
@@ -487,6 +523,7 @@ pub fn run(
         }
         if let Some(e) = &d.error {
             report.failures.push(format!("vCPU {v}: {e}"));
+            report.failures.push(stall_state(&memory, &synic, v, &g));
         }
         report.retries += gs(stat::RETRIES);
         report.spurious += gs(stat::SPURIOUS);
