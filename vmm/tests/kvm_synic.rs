@@ -435,3 +435,59 @@ fn synic_state_saved_from_one_vm_restores_into_another_and_delivery_continues() 
     let c = new.partition().counters(VpIndex(0)).unwrap();
     assert_eq!(c.sints[usize::from(MSG_SINT)].queued, 0);
 }
+
+#[test]
+fn hv_signal_event_on_an_eventfd_connection_in_either_mode() {
+    if !kvm_available() {
+        return;
+    }
+    const CONN: u64 = 0x5A;
+    let mut g = GuestBuilder::new().unwrap();
+    prologue(&mut g);
+    // Flag 0 fast, three times; flag 1 fast (not a flag of an eventfd connection); flag 0 in
+    // the memory form.
+    for n in 0..3 {
+        g.hypercall(HC, SIGNAL_FAST, CONN, 0).unwrap();
+        g.report_reg(tag::USER + n, rax).unwrap();
+    }
+    g.hypercall(HC, SIGNAL_FAST, CONN | 1 << 32, 0).unwrap();
+    g.report_reg(tag::USER + 3, rax).unwrap();
+    g.asm().mov(rbx, INPUT).unwrap();
+    g.asm().mov(qword_ptr(rbx), CONN as i32).unwrap();
+    g.hypercall(HC, 0x5D, INPUT, 0).unwrap();
+    g.report_reg(tag::USER + 4, rax).unwrap();
+    g.exit(0).unwrap();
+    let program = g.build().unwrap();
+
+    let rig = synic_rig(SynicVmBuilder::new(), 1);
+    let mode = rig.vm.mode();
+    let synic = rig.vm.synic().clone();
+    let fd = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+    let conn = synic.add_event_eventfd(CONN as u32, fd).unwrap();
+    assert!(
+        synic
+            .add_event_eventfd(CONN as u32, conn.eventfd().try_clone().unwrap())
+            .is_err(),
+        "one connection per id"
+    );
+    let (running, reports) = rig.start(&program);
+    let out = running.wait(Some(RUN_LIMIT));
+    assert_eq!(out.reason, StopReason::DebugExit(0), "{out:?}");
+    let statuses: Vec<u64> = drain(&reports).iter().map(|r| r.value).collect();
+    assert_eq!(
+        statuses,
+        vec![0, 0, 0, 0x11, 0],
+        "SUCCESS x3, INVALID_PORT_ID, SUCCESS"
+    );
+    assert_eq!(conn.eventfd().read().unwrap(), 4, "four flag-0 signals");
+    let handled_here = conn.signalled_here();
+    let hypercalls = synic.stats().hypercalls;
+    match mode {
+        // Every call exits to the VMM.
+        SynicMode::Userspace => assert_eq!((handled_here, hypercalls), (4, 5)),
+        // KVM signals flag 0 itself; only flag 1 reaches the VMM.
+        SynicMode::Kernel => assert_eq!((handled_here, hypercalls), (0, 1)),
+    }
+    assert!(synic.remove_event_connection(CONN as u32).is_some());
+    assert!(synic.remove_event_connection(CONN as u32).is_none());
+}

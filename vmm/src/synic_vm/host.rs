@@ -10,7 +10,9 @@ use synic::hypercall::{
 };
 use synic::{PartitionState, SintIndex, VpIndex, VpState};
 use synic_routing::{Gsi, RoutingTable, SintCounters};
+use vmm_sys_util::eventfd::EventFd;
 
+use super::eventfd::{hyperv_eventfd, EventFdConnection};
 use super::kernel_state::KernelSynicState;
 use super::routes::SintRoutes;
 use super::timers::StimerHook;
@@ -99,6 +101,8 @@ pub struct AttachedSynic {
     kernel_registers: Box<[Mutex<Option<KernelRead>>]>,
     /// Kernel mode: the kvmclock after the vCPUs stopped.
     kernel_clock: Mutex<Option<u64>>,
+    /// Event connections backed by an eventfd (kernel mode: assigned in KVM too).
+    eventfds: Mutex<std::collections::HashMap<u32, Arc<EventFdConnection>>>,
     pub(crate) stats: Stats,
 }
 
@@ -128,6 +132,7 @@ impl AttachedSynic {
             partition,
             kernel_registers: vps.iter().map(|_| Mutex::new(None)).collect(),
             kernel_clock: Mutex::new(None),
+            eventfds: Mutex::new(std::collections::HashMap::new()),
             vps: vps.into_iter().map(Mutex::new).collect(),
             connections,
             routes,
@@ -240,9 +245,47 @@ impl AttachedSynic {
         self.connections.remove_message(id)
     }
 
-    /// Removes event connection `id`.
+    /// Removes event connection `id` (kernel mode: an eventfd one is deassigned from KVM
+    /// first).
     pub fn remove_event_connection(&self, id: u32) -> Option<Arc<dyn EventConnection>> {
+        let eventfd = self
+            .eventfds
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        if let Some(c) = eventfd {
+            if self.mode == SynicMode::Kernel {
+                // Only fails if KVM no longer has it; the table entry goes either way.
+                let _ = hyperv_eventfd(self.routing_table().backend(), id, c.raw_fd(), true);
+            }
+        }
         self.connections.remove_event(id)
+    }
+
+    /// Registers event connection `id` backed by `fd`: the guest's HvSignalEvent to `id` with
+    /// flag 0 signals `fd`; other flags answer HV_STATUS_INVALID_PORT_ID. Kernel mode hands the
+    /// pair to KVM (`KVM_HYPERV_EVENTFD`), which signals `fd` without an exit; userspace mode
+    /// signals it from the hypercall exit. See [`super::EventFdConnection`].
+    pub fn add_event_eventfd(&self, id: u32, fd: EventFd) -> Result<Arc<EventFdConnection>> {
+        let connection = Arc::new(EventFdConnection::new(fd));
+        self.connections
+            .add_event(id, Arc::clone(&connection) as Arc<dyn EventConnection>)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        if self.mode == SynicMode::Kernel {
+            let vm = self.routing_table().backend();
+            if let Err(source) = hyperv_eventfd(vm, id, connection.raw_fd(), false) {
+                self.connections.remove_event(id);
+                return Err(Error::Kvm {
+                    op: "KVM_HYPERV_EVENTFD",
+                    source,
+                });
+            }
+        }
+        self.eventfds
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, Arc::clone(&connection));
+        Ok(connection)
     }
 
     /// Raises `sint` on `vp` through its route, with no message or flag (the test device's

@@ -42,6 +42,7 @@
 //! ```
 
 mod connections;
+mod eventfd;
 mod host;
 mod kernel_state;
 mod routes;
@@ -69,6 +70,7 @@ use crate::vcpu::VcpuHandlers;
 use crate::vm::{RunOutcome, RunningVm, Vm, VmConfig};
 
 pub use connections::{GuestEvent, GuestMessage, HostEventConnection, HostMessageConnection};
+pub use eventfd::{hyperv_eventfd, EventFdConnection};
 pub use host::{AttachedSynic, SynicState, SynicStats};
 pub use kernel_state::{KernelSynicState, KERNEL_MSRS, REFERENCE_TSC, VP_ASSIST_PAGE};
 pub use testdev::{SynicTestDev, TestDevStats};
