@@ -9,6 +9,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{drain, kvm_available, next_report, synic_rig, RUN_LIMIT};
 use iced_x86::code_asm::*;
 use synic::{HvMessage, MessageType, VpIndex};
@@ -490,4 +492,46 @@ fn hv_signal_event_on_an_eventfd_connection_in_either_mode() {
     }
     assert!(synic.remove_event_connection(CONN as u32).is_some());
     assert!(synic.remove_event_connection(CONN as u32).is_none());
+}
+
+#[test]
+fn restore_with_downtime_moves_the_reference_time_by_exactly_the_downtime() {
+    if !kvm_available() {
+        return;
+    }
+    const DOWNTIME: Duration = Duration::from_secs(5);
+    let mut g = GuestBuilder::new().unwrap();
+    g.exit(0).unwrap();
+    let program = g.build().unwrap();
+    let rig = synic_rig(SynicVmBuilder::new(), 1);
+    let old = rig.vm.synic().clone();
+    let (running, _reports) = rig.start(&program);
+    assert_eq!(
+        running.wait(Some(RUN_LIMIT)).reason,
+        StopReason::DebugExit(0)
+    );
+    let state = old.save().expect("save");
+    let saved = state.partition.reference_time;
+
+    let mut new = synic_rig(SynicVmBuilder::new(), 1);
+    new.vm
+        .restore_with_downtime(&state, DOWNTIME)
+        .expect("restore");
+    let now = new.vm.synic().partition().reference_time();
+    let jump = now - saved; // 100 ns units; never negative (would panic)
+    let want = DOWNTIME.as_nanos() as u64 / 100;
+    assert!(
+        (want..want + 10_000_000).contains(&jump),
+        "TIME_REF_COUNT jumped by {jump} x 100 ns, downtime {want}"
+    );
+    if let Some(k) = &state.kernel {
+        // Kernel mode: KVM's clock (its TIME_REF_COUNT source) moved by the downtime too.
+        let clock = new.vm.vm().vm_fd().get_clock().unwrap().clock;
+        let jump = clock - k.clock_ns;
+        let want = DOWNTIME.as_nanos() as u64;
+        assert!(
+            (want..want + 1_000_000_000).contains(&jump),
+            "kvmclock jumped by {jump} ns, downtime {want}"
+        );
+    }
 }

@@ -115,20 +115,35 @@ fn timer_thread_guest_and_device_share_a_sint_without_loss_or_drift() {
         ids, ids_want,
         "device messages: none lost, duplicated or reordered"
     );
+    // Drift 0: every expiry is period k of the grid, k increasing. Oldest-first catch-up
+    // reports every period unless the timer fell more than MAX_CATCH_UP_PERIODS (200 ms here)
+    // behind, which only a starved guest thread on an overloaded machine causes; then the
+    // periods beyond the cap are skipped and counted, never silently lost.
+    let mut gaps = 0u64;
+    let mut last_k = 0u64;
     for (i, p) in expiries.iter().enumerate() {
-        assert_eq!(
-            p.expiration_time,
-            start + (i as u64 + 1) * PERIOD,
-            "expiry {i} is off the schedule"
-        );
+        let offset = p.expiration_time - start;
+        assert_eq!(offset % PERIOD, 0, "expiry {i} is off the schedule: {p:?}");
+        let k = offset / PERIOD;
+        assert!(k > last_k, "expiry {i} (period {k}) after period {last_k}");
+        gaps += k - last_k - 1;
+        last_k = k;
     }
-    // Every period due by the last poll is reported; the drain's EOMs may bring periods that
-    // came due while it ran, none beyond.
+    let skipped = partition.stimer_counters(VpIndex(0)).unwrap()[0].skipped;
+    assert_eq!(
+        gaps, skipped,
+        "every period not reported is counted as skipped"
+    );
+    if skipped > 0 {
+        eprintln!("note: {skipped} periods skipped (the guest thread was starved past the cap)");
+    }
+    // Every period due by the last poll is reported or skipped; the drain's EOMs may bring
+    // periods that came due while it ran, none beyond.
     let drained = partition.reference_time();
-    let n = expiries.len() as u64;
+    let n = last_k;
     assert!(
         (end - start) / PERIOD <= n && n <= (drained - start) / PERIOD,
-        "{n} expiries for {} to {} periods",
+        "{n} periods accounted for {} to {} due",
         (end - start) / PERIOD,
         (drained - start) / PERIOD
     );
@@ -136,5 +151,4 @@ fn timer_thread_guest_and_device_share_a_sint_without_loss_or_drift() {
     assert!(expiries
         .iter()
         .all(|p| p.delivery_time >= p.expiration_time));
-    assert_eq!(partition.stimer_counters(VpIndex(0)).unwrap()[0].skipped, 0);
 }

@@ -426,6 +426,17 @@ impl AttachedSynic {
     /// Kernel mode: use [`super::SynicVm::restore`], which writes KVM's registers into the
     /// vCPUs first; this method restores the model only.
     pub fn restore(&self, state: &SynicState) -> Result<()> {
+        self.restore_with_downtime(state, std::time::Duration::ZERO)
+    }
+
+    /// [`restore`](Self::restore), with the partition's reference time (TIME_REF_COUNT, timer
+    /// schedules) continuing from the saved value plus `downtime`, the time the VMM declares
+    /// the VM was away: it never goes backwards and jumps by exactly that.
+    pub fn restore_with_downtime(
+        &self,
+        state: &SynicState,
+        downtime: std::time::Duration,
+    ) -> Result<()> {
         if state.kernel.is_some() != (self.mode == SynicMode::Kernel) {
             return Err(Error::Config(format!(
                 "saved SynIC state is from {} mode, this VM runs {:?} mode",
@@ -444,7 +455,9 @@ impl AttachedSynic {
                 self.vps.len()
             )));
         }
-        self.partition.restore(&state.partition)?;
+        let downtime_100ns = u64::try_from(downtime.as_nanos() / 100).unwrap_or(u64::MAX);
+        self.partition
+            .restore_with_downtime(&state.partition, downtime_100ns)?;
         self.refresh_hypercall_page();
         for (m, saved) in self.vps.iter().zip(&state.vps) {
             let mut vp = m.lock().unwrap_or_else(PoisonError::into_inner);

@@ -316,6 +316,13 @@ impl SynicVm {
     /// on them), then restores the model ([`AttachedSynic::restore`]). A state from the
     /// other mode or for another vCPU count is refused before anything changes.
     pub fn restore(&mut self, state: &SynicState) -> Result<()> {
+        self.restore_with_downtime(state, Duration::ZERO)
+    }
+
+    /// [`restore`](Self::restore), declaring that the VM was away for `downtime`: the
+    /// reference time (and in kernel mode the kvmclock) continues from the saved value plus
+    /// `downtime`, so TIME_REF_COUNT never goes backwards and jumps by exactly that.
+    pub fn restore_with_downtime(&mut self, state: &SynicState, downtime: Duration) -> Result<()> {
         let kernel = match (&state.kernel, self.mode()) {
             (Some(k), SynicMode::Kernel) => Some(k),
             (None, SynicMode::Userspace) => None,
@@ -338,13 +345,14 @@ impl SynicVm {
                     k.vcpus.len()
                 )));
             }
-            kernel_state::write_clock(self.vm.vm_fd(), k.clock_ns)?;
+            let downtime_ns = u64::try_from(downtime.as_nanos()).unwrap_or(u64::MAX);
+            kernel_state::write_clock(self.vm.vm_fd(), k.clock_ns.saturating_add(downtime_ns))?;
             for (n, regs) in (0u32..).zip(&k.vcpus) {
                 let fd = self.vm.vcpu(n).ok_or(Error::AlreadyStarted)?;
                 kernel_state::write_vcpu(fd, n, regs)?;
             }
         }
-        self.synic.restore(state)
+        self.synic.restore_with_downtime(state, downtime)
     }
 
     /// Starts the vCPUs, each with a [`SynicVcpu`] as its MSR, hypercall and SynIC-exit
