@@ -24,35 +24,20 @@
 # KERNEL_LAB_TIMEOUT: seconds for one lab boot (default 600; a second boot runs what a
 # wedged first one left unfinished).
 set -uo pipefail
-SKIP=77
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 out=${KERNEL_LAB_OUT:-$root/target/kvm-lab}
 limit=${KERNEL_LAB_LIMIT:-180}
 # The whole lab run (boot included): a wedged lab must not hold CI for long.
 lab_timeout=${KERNEL_LAB_TIMEOUT:-600}
-kvmlab=${KVM_LAB:-}
-for c in "$root/../shared/tools/kvm-lab/kvm-lab" /work/shared/tools/kvm-lab/kvm-lab; do
-  [ -z "$kvmlab" ] && [ -x "$c" ] && kvmlab=$c
-done
-
-say() { echo "kernel-lab: $*" >&2; }
-skip() {
-  echo "kernel-lab: ================================================================" >&2
-  echo "kernel-lab: SKIPPED: $*" >&2
-  echo "kernel-lab: kernel mode was NOT tested in this run" >&2
-  echo "kernel-lab: ================================================================" >&2
-  exit $SKIP
-}
-fail() { say "FAIL: $*"; exit 1; }
-
-[ -n "$kvmlab" ] || skip "kvm-lab not found (shared/tools/kvm-lab/kvm-lab beside the repository)"
-[ -e /dev/kvm ] || skip "no /dev/kvm on this machine: kvm-lab needs it"
+name=kernel-lab
+# shellcheck source=../lab-common.sh
+. "$root/ci/lab-common.sh"
 mkdir -p "$out" || fail "cannot create $out"
 rm -f "$out"/*.log
 
 # 1. The lab (qemu, busybox-static, Debian's kernel).
-"$kvmlab" --setup >"$out/setup.log" 2>&1 || skip "kvm-lab --setup failed (see $out/setup.log)"
+"$kvmlab" --setup >"$out/setup.log" 2>&1 || skip "kvm-lab --setup failed (see $out/setup.log)" "kernel mode was NOT tested in this run"
 
 # 2. The binaries: test executables by (package, target), synic-vmm release.
 say "building test binaries and synic-vmm (release)"

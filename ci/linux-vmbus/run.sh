@@ -17,7 +17,6 @@
 # when the lab or the kernel package cannot be prepared (no package mirror reachable).
 # Logs go to $LINUX_VMBUS_OUT (default target/linux-vmbus under the repository).
 set -uo pipefail
-SKIP=77
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 modes=("$@")
@@ -26,22 +25,9 @@ LAB=${KVM_LAB_DIR:-$HOME/.cache/kvm-lab}
 cache="$LAB/linux-vmbus"
 out=${LINUX_VMBUS_OUT:-$root/target/linux-vmbus}
 guest_timeout=${LINUX_VMBUS_GUEST_TIMEOUT:-300}
-kvmlab=${KVM_LAB:-}
-for c in "$root/../shared/tools/kvm-lab/kvm-lab" /work/shared/tools/kvm-lab/kvm-lab; do
-  [ -z "$kvmlab" ] && [ -x "$c" ] && kvmlab=$c
-done
-
-say() { echo "linux-vmbus: $*" >&2; }
-skip() {
-  echo "linux-vmbus: ================================================================" >&2
-  echo "linux-vmbus: SKIPPED: $*" >&2
-  echo "linux-vmbus: ================================================================" >&2
-  exit $SKIP
-}
-fail() { say "FAIL: $*"; exit 1; }
-
-[ -n "$kvmlab" ] || skip "kvm-lab not found (shared/tools/kvm-lab/kvm-lab beside the repository)"
-[ -e /dev/kvm ] || skip "no /dev/kvm on this machine: kvm-lab needs it"
+name=linux-vmbus
+# shellcheck source=../lab-common.sh
+. "$root/ci/lab-common.sh"
 mkdir -p "$out" || fail "cannot create $out"
 
 # 1. The lab (qemu, busybox-static, its own kernel).
