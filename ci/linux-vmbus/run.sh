@@ -24,7 +24,7 @@ modes=("$@")
 LAB=${KVM_LAB_DIR:-$HOME/.cache/kvm-lab}
 cache="$LAB/linux-vmbus"
 out=${LINUX_VMBUS_OUT:-$root/target/linux-vmbus}
-guest_timeout=${LINUX_VMBUS_GUEST_TIMEOUT:-300}
+guest_timeout=${LINUX_VMBUS_GUEST_TIMEOUT:-120}
 name=linux-vmbus
 # shellcheck source=../lab-common.sh
 . "$root/ci/lab-common.sh"
@@ -99,10 +99,43 @@ bin="$target/release/synic-vmm"
 # 5. Boot, once per mode, inside one lab run.
 say "booting Linux under synic-vmm in kvm-lab, modes: ${modes[*]}"
 t0=$(date +%s)
-"$kvmlab" --timeout $((guest_timeout * ${#modes[@]} + 120)) \
-  "$here/in-lab.sh" "$bin" "$kdir/vmlinuz" "$cache/initrd.gz" "$guest_timeout" "${modes[@]}" \
-  >"$out/lab.log" 2>&1
+lab_run() { # MODE... -> appends to $out/lab.log
+  "$kvmlab" --timeout $((guest_timeout * $# + 120)) \
+    "$here/in-lab.sh" "$bin" "$kdir/vmlinuz" "$cache/initrd.gz" "$guest_timeout" "$@" \
+    >>"$out/lab.log" 2>&1
+}
+: >"$out/lab.log"
+lab_run "${modes[@]}"
 lab_rc=$?
+# The lab's emulated nested SVM now and then freezes the whole lab or loses a nested guest's
+# state (docs/kernel-mode-lab.md, "Known issue"): a mode the lab did not finish, or whose guest
+# triple-faulted (Linux here never does: it powers off), gets one more boot, said loudly.
+again=()
+for mode in "${modes[@]}"; do
+  end=$(grep -a "^=== end $mode " "$out/lab.log" | tail -1)
+  if [ -z "$end" ]; then
+    again+=("$mode")
+  elif awk -v m="$mode" '$0=="=== host " m {w=1; next} index($0, "=== end " m " ")==1 {w=0} w' \
+         "$out/lab.log" | grep -q 'triple-faulted'; then
+    again+=("$mode")
+  fi
+done
+retried=""
+if [ ${#again[@]} -gt 0 ]; then
+  say "RETRYING ${again[*]} in a second boot: the lab froze or the guest triple-faulted (the lab emulator's known bug)"
+  retried=" (retried: ${again[*]})"
+  # Keep only the last attempt of each mode in the log the checks read.
+  mv "$out/lab.log" "$out/lab.first.log"
+  : >"$out/lab.log"
+  for mode in "${modes[@]}"; do
+    case " ${again[*]} " in *" $mode "*) ;;
+      *) awk -v m="$mode" '$0=="=== guest " m {w=1} w {print} index($0, "=== end " m " ")==1 {w=0}' \
+           "$out/lab.first.log" >>"$out/lab.log";;
+    esac
+  done
+  lab_run "${again[@]}"
+  lab_rc=$?
+fi
 t1=$(date +%s)
 say "kvm-lab finished in $((t1 - t0)) s (status $lab_rc); raw log $out/lab.log"
 
@@ -148,7 +181,7 @@ for mode in "${modes[@]}"; do
   grep -E '^synic-vmm: guest' "$h" | sed "s/^/linux-vmbus: [$mode host] /" >&2
 done
 if [ $status -eq 0 ]; then
-  echo "linux-vmbus: ${#modes[@]} passed, 0 failed"
+  echo "linux-vmbus: ${#modes[@]} passed, 0 failed${retried}"
 else
   echo "linux-vmbus: FAILED (logs in $out)"
 fi
