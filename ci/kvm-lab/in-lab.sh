@@ -46,10 +46,10 @@ while IFS=$'\t' read -r label dir cmd; do
   echo "=== begin $label"
   echo "$(date +%T) begin $label" >>"$progress"
   t0=$(date +%s.%N)
-  retries=0
+  retries=0 reruns=0
   while :; do
     [ -n "$trace" ] && echo >"$trace/trace"
-    echo "=== attempt $((retries + 1))"
+    echo "=== attempt $((retries + reruns + 1))"
     (cd "$dir" && eval "timeout -k 10 $limit $cmd") 2>&1
     rc=$?
     caught=""
@@ -60,10 +60,18 @@ while IFS=$'\t' read -r label dir cmd; do
       echo "$(date +%T) emulator bug in $label, running it again" >>"$progress"
       continue
     fi
+    # Not every loss shows on the tracepoint (seen once: an interrupt that never arrived, no
+    # exit caught). One rerun, reported as such by run.sh: a real regression fails twice.
+    if [ "$rc" != 0 ] && [ $reruns -lt 1 ]; then
+      reruns=$((reruns + 1))
+      echo "=== rerun $label: failed (status $rc) with nothing caught; running it once more"
+      echo "$(date +%T) $label failed with nothing caught, running it once more" >>"$progress"
+      continue
+    fi
     break
   done
   t1=$(date +%s.%N)
-  end="rc=$rc secs=$(echo "$t0 $t1" | awk '{printf "%.1f", $2 - $1}') retries=$retries"
+  end="rc=$rc secs=$(echo "$t0 $t1" | awk '{printf "%.1f", $2 - $1}') retries=$retries reruns=$reruns"
   echo "=== end $label $end"
   echo "$(date +%T) end $label $end" >>"$progress"
 done <"$suite"

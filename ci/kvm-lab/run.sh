@@ -152,7 +152,7 @@ done
 grep -a -m1 -o '=== lab: .*' "$out/lab.log" | sed 's/^=== /kernel-lab: /' >&2
 
 # 4. Check every command (its last attempt).
-status=0 passed=0 retried=0
+status=0 passed=0 retried=0 flaky=0
 while IFS=$'\t' read -r label _; do
   log="$out/$label.log"
   awk -v l="$label" '$0=="=== begin " l {w=1; next} index($0, "=== end " l " ")==1 {w=0} w' \
@@ -163,6 +163,7 @@ while IFS=$'\t' read -r label _; do
   rc=$(echo "$end" | sed -n 's/.*rc=\([0-9]*\).*/\1/p')
   secs=$(echo "$end" | sed -n 's/.*secs=\([0-9.]*\).*/\1/p')
   retries=$(echo "$end" | sed -n 's/.*retries=\([0-9]*\).*/\1/p')
+  reruns=$(echo "$end" | sed -n 's/.*reruns=\([0-9]*\).*/\1/p')
   problems=()
   [ -n "$end" ] || problems+=("did not finish inside the lab")
   [ "${rc:-x}" = 0 ] || problems+=("exit status ${rc:-none}")
@@ -182,6 +183,12 @@ while IFS=$'\t' read -r label _; do
     retried=$((retried + 1))
     note=" [RETRIED ${retries}x: the lab's emulator lost the nested guest's state: $(grep -m1 "^=== emulator-bug $label:" "$log" | sed 's/.*kvm_exit: //')]"
   fi
+  if [ "${reruns:-0}" -gt 0 ] && [ ${#problems[@]} -eq 0 ]; then
+    flaky=$((flaky + 1))
+    note="$note [FLAKY: failed once with no emulator signature caught, then passed; the failed attempt is in $log]"
+  elif [ "${reruns:-0}" -gt 0 ]; then
+    note="$note [failed on a rerun too]"
+  fi
   if [ ${#problems[@]} -eq 0 ]; then
     passed=$((passed + 1))
     say "PASS $label (${secs:-?} s): $what$note"
@@ -195,7 +202,7 @@ if [ -f "$out/bench-both.log" ]; then
 fi
 if [ $status -eq 0 ]; then
   [ "$boots" = 1 ] || retried_boot=", $boots lab boots (the first froze)"
-  echo "kernel-lab: $passed passed, 0 failed, $retried retried after the lab's emulator bug${retried_boot:-} ($(grep -a -m1 -o '=== lab: .*' "$out/lab.log" | sed 's/^=== lab: //'))"
+  echo "kernel-lab: $passed passed, 0 failed, $retried retried after the lab's emulator bug, $flaky flaky${retried_boot:-} ($(grep -a -m1 -o '=== lab: .*' "$out/lab.log" | sed 's/^=== lab: //'))"
 else
   echo "kernel-lab: FAILED (logs in $out)"
 fi
