@@ -107,7 +107,7 @@ mod tests {
 
     #[test]
     fn flag_zero_signals_the_eventfd_other_flags_are_invalid_port_id() {
-        let c = EventFdConnection::new(EventFd::new(libc_nonblock()).unwrap());
+        let c = EventFdConnection::new(EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap());
         assert_eq!(c.signal(VpIndex(0), 1), HvStatus::InvalidPortId);
         assert_eq!(c.signal(VpIndex(0), 2047), HvStatus::InvalidPortId);
         assert!(c.eventfd().read().is_err(), "nothing signalled yet");
@@ -115,10 +115,6 @@ mod tests {
         assert_eq!(c.signal(VpIndex(3), 0), HvStatus::Success);
         assert_eq!(c.eventfd().read().unwrap(), 2);
         assert_eq!(c.signalled_here(), 2);
-    }
-
-    fn libc_nonblock() -> i32 {
-        vmm_sys_util::eventfd::EFD_NONBLOCK
     }
 
     #[test]

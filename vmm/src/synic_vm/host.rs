@@ -417,6 +417,34 @@ impl AttachedSynic {
         Ok(KernelSynicState { clock_ns, vcpus })
     }
 
+    /// Refuses a saved state from the other mode, or for another vCPU count (kernel mode: in
+    /// KVM's registers too), before anything is restored.
+    pub(crate) fn check_fits(&self, state: &SynicState) -> Result<()> {
+        if state.kernel.is_some() != (self.mode == SynicMode::Kernel) {
+            return Err(Error::Config(format!(
+                "saved SynIC state is from {} mode, this VM runs {:?} mode",
+                if state.kernel.is_some() {
+                    "kernel"
+                } else {
+                    "userspace"
+                },
+                self.mode
+            )));
+        }
+        let kernel_vcpus = state
+            .kernel
+            .as_ref()
+            .map_or(state.vps.len(), |k| k.vcpus.len());
+        if state.vps.len() != self.vps.len() || kernel_vcpus != self.vps.len() {
+            return Err(Error::Config(format!(
+                "saved SynIC state has {} VPs, this VM has {}",
+                state.vps.len().max(kernel_vcpus),
+                self.vps.len()
+            )));
+        }
+        Ok(())
+    }
+
     /// Restores the model's part of a saved state into this (freshly built, not yet started
     /// or stopped) VM, after guest memory is in place: the partition first, then every VP
     /// (which retries delivery), then the timer hook re-arms. A state for another VP count or
@@ -437,24 +465,7 @@ impl AttachedSynic {
         state: &SynicState,
         downtime: std::time::Duration,
     ) -> Result<()> {
-        if state.kernel.is_some() != (self.mode == SynicMode::Kernel) {
-            return Err(Error::Config(format!(
-                "saved SynIC state is from {} mode, this VM runs {:?} mode",
-                if state.kernel.is_some() {
-                    "kernel"
-                } else {
-                    "userspace"
-                },
-                self.mode
-            )));
-        }
-        if state.vps.len() != self.vps.len() {
-            return Err(Error::Config(format!(
-                "saved SynIC state has {} VPs, this VM has {}",
-                state.vps.len(),
-                self.vps.len()
-            )));
-        }
+        self.check_fits(state)?;
         let downtime_100ns = u64::try_from(downtime.as_nanos() / 100).unwrap_or(u64::MAX);
         self.partition
             .restore_with_downtime(&state.partition, downtime_100ns)?;

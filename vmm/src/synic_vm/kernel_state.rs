@@ -97,12 +97,6 @@ pub(crate) fn read_vcpu(fd: &VcpuFd) -> Result<Vec<(u32, u64)>> {
         op: "KVM_GET_MSRS (Hyper-V registers)",
         source,
     })?;
-    let got: Vec<(u32, u64)> = msrs
-        .as_slice()
-        .iter()
-        .take(read)
-        .map(|e| (e.index, e.data))
-        .collect();
     if read < KERNEL_MSRS.len() {
         return Err(Error::Config(format!(
             "KVM_GET_MSRS read {read} of {} Hyper-V registers: KVM refused MSR {:#x}",
@@ -110,7 +104,7 @@ pub(crate) fn read_vcpu(fd: &VcpuFd) -> Result<Vec<(u32, u64)>> {
             KERNEL_MSRS[read]
         )));
     }
-    Ok(got)
+    Ok(msrs.as_slice().iter().map(|e| (e.index, e.data)).collect())
 }
 
 /// Writes saved registers into a vCPU (host-initiated `KVM_SET_MSRS`), in the saved order.

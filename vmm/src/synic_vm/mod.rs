@@ -323,28 +323,8 @@ impl SynicVm {
     /// reference time (and in kernel mode the kvmclock) continues from the saved value plus
     /// `downtime`, so TIME_REF_COUNT never goes backwards and jumps by exactly that.
     pub fn restore_with_downtime(&mut self, state: &SynicState, downtime: Duration) -> Result<()> {
-        let kernel = match (&state.kernel, self.mode()) {
-            (Some(k), SynicMode::Kernel) => Some(k),
-            (None, SynicMode::Userspace) => None,
-            (saved, mode) => {
-                return Err(Error::Config(format!(
-                    "saved SynIC state is from {} mode, this VM runs {mode:?} mode",
-                    if saved.is_some() {
-                        "kernel"
-                    } else {
-                        "userspace"
-                    }
-                )))
-            }
-        };
-        if let Some(k) = kernel {
-            let vcpus = self.synic.vcpus() as usize;
-            if k.vcpus.len() != vcpus || state.vps.len() != vcpus {
-                return Err(Error::Config(format!(
-                    "saved SynIC state has {} vCPUs, this VM has {vcpus}",
-                    k.vcpus.len()
-                )));
-            }
+        self.synic.check_fits(state)?;
+        if let Some(k) = &state.kernel {
             let downtime_ns = u64::try_from(downtime.as_nanos()).unwrap_or(u64::MAX);
             kernel_state::write_clock(self.vm.vm_fd(), k.clock_ns.saturating_add(downtime_ns))?;
             for (n, regs) in (0u32..).zip(&k.vcpus) {
@@ -451,9 +431,7 @@ impl RunningSynicVm {
             .request_stop(crate::control::StopReason::Requested);
         self.wait(None)
     }
-}
 
-impl RunningSynicVm {
     /// Kernel mode: the vCPUs stopped (each read its KVM registers); read the kvmclock.
     fn kernel_clock_after_stop(&self, vm_fd: &VmFd) {
         if self.synic.mode() == SynicMode::Kernel {
