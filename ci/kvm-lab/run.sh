@@ -215,7 +215,7 @@ if [ $status -eq 0 ] && [ ${#not_run[@]} -gt 0 ]; then
     "those were NOT tested in this run (docs/kernel-mode-lab.md, \"Known issue\")"
 fi
 if [ $status -eq 0 ]; then
-  [ "$boots" = 1 ] || retried_boot=", $boots lab boots (the first froze)"
+  [ "$boots" = 1 ] || retried_boot=", $boots lab boots (the first $((boots - 1)) froze)"
   echo "kernel-lab: $passed passed, 0 failed, $retried retried after the lab's emulator bug, $flaky flaky${retried_boot:-} ($(grep -a -m1 -o '=== lab: .*' "$out/lab.log" | sed 's/^=== lab: //'))"
 else
   echo "kernel-lab: FAILED (logs in $out)"
