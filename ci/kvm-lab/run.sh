@@ -22,8 +22,9 @@
 # (docs/kernel-mode-lab.md). Exit 1 on failure; exit 77
 # (SKIPPED, said loudly) when the lab cannot be prepared. Logs: $KERNEL_LAB_OUT (default
 # target/kvm-lab under the repository). KERNEL_LAB_LIMIT: seconds per command (default 180);
-# KERNEL_LAB_TIMEOUT: seconds for one lab boot (default 600; a second boot runs what a
-# wedged first one left unfinished).
+# KERNEL_LAB_TIMEOUT: seconds for one lab boot (default 600); KERNEL_LAB_BOOTS: boots at most
+# (default 3; each later one runs what a frozen one left unfinished, and what none finished is
+# NOT RUN: exit 77).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -119,8 +120,9 @@ watchdog() {
   done
 }
 
-# 3. One boot runs everything. Commands a wedged lab left unfinished (no end marker) get one
-#    more boot; a command the lab's emulator bug broke is retried inside the lab (in-lab.sh).
+# 3. One boot runs everything. Commands a frozen lab left unfinished (no end marker) get
+#    another boot, up to KERNEL_LAB_BOOTS; a command the lab's emulator bug broke is retried
+#    inside the lab (in-lab.sh).
 : >"$out/lab.log"
 todo=$suite
 boots=0
