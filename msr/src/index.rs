@@ -15,6 +15,14 @@ pub const HYPERCALL: u32 = 0x4000_0001;
 pub const VP_INDEX: u32 = 0x4000_0002;
 /// `HV_X64_MSR_TIME_REF_COUNT`.
 pub const TIME_REF_COUNT: u32 = 0x4000_0020;
+/// `HV_X64_MSR_REFERENCE_TSC`: the reference TSC page (bit 0 enable, 63:12 GPA).
+pub const REFERENCE_TSC: u32 = 0x4000_0021;
+/// `HV_X64_MSR_TSC_FREQUENCY`: the guest TSC's frequency in Hz (read-only).
+pub const TSC_FREQUENCY: u32 = 0x4000_0022;
+/// `HV_X64_MSR_APIC_FREQUENCY`: the local APIC timer's frequency in Hz (read-only).
+pub const APIC_FREQUENCY: u32 = 0x4000_0023;
+/// `HV_X64_MSR_VP_ASSIST_PAGE`.
+pub const VP_ASSIST_PAGE: u32 = 0x4000_0073;
 /// `HV_X64_MSR_SCONTROL`.
 pub const SCONTROL: u32 = 0x4000_0080;
 /// `HV_X64_MSR_SVERSION`.

@@ -15,33 +15,58 @@ impl fmt::Display for Gsi {
 }
 
 /// Hands out GSIs `0..limit`, always the lowest free one, where `limit` is the routing table
-/// size KVM reports (`KVM_CAP_IRQ_ROUTING`; KVM refuses any entry with `gsi >= limit`).
+/// size KVM reports (`KVM_CAP_IRQ_ROUTING`; KVM refuses any entry with `gsi >= limit`), or only
+/// those of a narrower range ([`GsiAllocator::in_range`]).
 ///
 /// A bitmap plus a "nothing below this is free" hint: allocation is amortised O(1) when GSIs
 /// are taken in order, and a release moves the hint back so the lowest free GSI is reused first.
 #[derive(Clone, Debug)]
 pub struct GsiAllocator {
+    /// First GSI this allocator hands out.
+    first: u32,
+    /// One past the last one.
     limit: u32,
     used: Vec<u64>,
     in_use: u32,
-    /// Every GSI below `hint` is in use.
+    /// Every GSI of `first..hint` is in use.
     hint: u32,
 }
 
 impl GsiAllocator {
     /// An allocator for GSIs `0..limit`, all free.
     pub fn new(limit: u32) -> Self {
+        Self::in_range(limit, 0..limit)
+    }
+
+    /// An allocator for the GSIs of `range` only, of a kernel table of `table_size` GSIs: the
+    /// others belong to someone else (see [`crate::RoutingTable::in_range`]) and are never
+    /// handed out or reserved here. `range` is clipped to `0..table_size`.
+    pub fn in_range(table_size: u32, range: core::ops::Range<u32>) -> Self {
+        let limit = range.end.min(table_size);
+        let first = range.start.min(limit);
+        let mut used = vec![0u64; limit.div_ceil(64) as usize];
+        // The GSIs below the range look taken to the search (they are not counted in use).
+        for gsi in 0..first {
+            used[(gsi / 64) as usize] |= 1 << (gsi % 64);
+        }
         Self {
+            first,
             limit,
-            used: vec![0; limit.div_ceil(64) as usize],
+            used,
             in_use: 0,
-            hint: 0,
+            hint: first,
         }
     }
 
-    /// The number of GSIs this allocator manages (the kernel's table size).
+    /// One past the highest GSI this allocator manages (the kernel's table size, unless built
+    /// for a narrower range).
     pub fn limit(&self) -> u32 {
         self.limit
+    }
+
+    /// The GSIs this allocator manages.
+    pub fn range(&self) -> core::ops::Range<u32> {
+        self.first..self.limit
     }
 
     /// How many GSIs are allocated.
@@ -51,7 +76,7 @@ impl GsiAllocator {
 
     /// True when `gsi` is allocated.
     pub fn is_allocated(&self, gsi: Gsi) -> bool {
-        gsi.0 < self.limit && self.used[(gsi.0 / 64) as usize] & (1 << (gsi.0 % 64)) != 0
+        self.range().contains(&gsi.0) && self.used[(gsi.0 / 64) as usize] & (1 << (gsi.0 % 64)) != 0
     }
 
     /// The lowest free GSI, now allocated; [`Error::GsiExhausted`] names the limit when every
@@ -79,7 +104,7 @@ impl GsiAllocator {
     /// Allocates exactly `gsi` (for routes that must sit at a fixed number, such as the legacy
     /// PIC/IOAPIC pins). Fails if it is out of range or already allocated.
     pub fn reserve(&mut self, gsi: Gsi) -> Result<(), Error> {
-        if gsi.0 >= self.limit {
+        if !self.range().contains(&gsi.0) {
             return Err(Error::GsiOutOfRange {
                 gsi,
                 limit: self.limit,
@@ -158,6 +183,26 @@ mod tests {
             a.release(Gsi(99)),
             Err(Error::GsiNotAllocated { .. })
         ));
+    }
+
+    #[test]
+    fn a_range_allocator_stays_inside_its_range() {
+        let mut a = GsiAllocator::in_range(4096, 1000..1003);
+        assert_eq!(a.range(), 1000..1003);
+        assert_eq!(a.allocate().unwrap(), Gsi(1000));
+        assert!(matches!(
+            a.reserve(Gsi(5)),
+            Err(Error::GsiOutOfRange { .. })
+        ));
+        assert!(!a.is_allocated(Gsi(5)));
+        a.reserve(Gsi(1002)).unwrap();
+        assert_eq!(a.allocate().unwrap(), Gsi(1001));
+        assert!(matches!(a.allocate(), Err(Error::GsiExhausted { .. })));
+        a.release(Gsi(1001)).unwrap();
+        assert_eq!(a.allocate().unwrap(), Gsi(1001));
+        assert_eq!(a.in_use(), 3);
+        // Clipped to the kernel's table.
+        assert_eq!(GsiAllocator::in_range(64, 60..100).range(), 60..64);
     }
 
     #[test]

@@ -13,7 +13,9 @@
 //! * [`MsixVectors`]: a device's MSI-X vectors with mask and pending bits, losing nothing.
 //!
 //! KVM is reached only through [`RoutingBackend`], implemented by `kvm_ioctls::VmFd` and by
-//! the recording [`fake::FakeKvm`]. See `docs/routing.md` for the design and ordering rules.
+//! the recording [`fake::FakeKvm`]. A VMM that already owns `KVM_SET_GSI_ROUTING` keeps it:
+//! [`RoutingTable::in_range`] over a [`VmRouting::delegated`] backend gives its
+//! [`GsiRoutingOwner`] this table's routes to merge into its own. See `docs/routing.md` for the design and ordering rules.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -53,6 +55,7 @@ mod irqfd;
 mod msix;
 pub mod ops;
 mod route;
+mod shared;
 mod sint;
 mod table;
 
@@ -62,5 +65,6 @@ pub use gsi::{Gsi, GsiAllocator};
 pub use irqfd::Irqfd;
 pub use msix::{MsixVectors, MSIX_ENTRY_SIZE, MSIX_MAX_VECTORS};
 pub use route::{default_irqchip_routes, IrqChip, MsiRoute, Route, MSI_ADDRESS_BASE};
+pub use shared::{GsiRoutingOwner, VmRouting};
 pub use sint::{KernelSintRoutes, SintAck, SintCounters, UserSintRoutes};
 pub use table::{DefaultRoutes, RoutingTable, TableStats, Transaction};

@@ -98,6 +98,33 @@ impl<B: RoutingBackend> RoutingTable<B> {
         }
     }
 
+    /// A table that owns only the GSIs of `range`, for a VM whose routing table another
+    /// component owns (a VMM's interrupt manager): every commit hands exactly this table's
+    /// entries, all inside `range`, to the backend — typically a [`crate::VmRouting`] that
+    /// gives them to that owner to merge into its own table. No default irqchip routes (they
+    /// are the owner's). `range` is clipped to the kernel's table size.
+    pub fn in_range(backend: Arc<B>, range: core::ops::Range<u32>) -> Self {
+        let caps = backend.probe();
+        let state = State {
+            alloc: GsiAllocator::in_range(caps.routing_table_size, range),
+            routes: BTreeMap::new(),
+            entries: 0,
+            synic_active: BTreeSet::new(),
+            dirty: false,
+            commits: 0,
+        };
+        Self {
+            backend,
+            caps,
+            state: Mutex::new(state),
+        }
+    }
+
+    /// The GSIs this table allocates from.
+    pub fn gsi_range(&self) -> core::ops::Range<u32> {
+        self.lock().alloc.range()
+    }
+
     /// What the kernel can do (probed at creation).
     pub fn capabilities(&self) -> Capabilities {
         self.caps

@@ -7,16 +7,15 @@ use std::time::Duration;
 use crossbeam_channel::Receiver;
 use synic::hypercall::Connections;
 use synic::{FlagOutcome, HvMessage, MessageType, Posted, SintIndex, VpIndex};
-use synic_vmm::devices::{DebugExit, HvTestDev, Report, ReportPort};
+use synic_kvm::testdev::TestDev;
+use synic_kvm::{HvFeatures, ModeRequest, SynicMode, SynicState};
+use synic_vmm::devices::{DebugExit, Report, ReportPort};
 use synic_vmm::guest::tag as toolkit_tag;
 use synic_vmm::layout::ports as vmm_ports;
 use synic_vmm::synic_vm::{
-    AttachedSynic, RunningSynicVm, SynicPartition, SynicTestDev, SynicVm, SynicVmBuilder,
+    RunningSynicVm, SynicMemory, SynicPartition, SynicVm, SynicVmBuilder, VmSynic,
 };
-use synic_vmm::{
-    GuestMemory, HvFeatures, ModeRequest, PortDevice, RunOutcome, StopReason, SynicMode, Vm,
-    VmControl,
-};
+use synic_vmm::{GuestMemory, PortDevice, RunOutcome, StopReason, Vm, VmControl};
 
 use crate::layout::{self, ports, MEM_SIZE, MESSAGE_TYPE};
 use crate::view::GuestView;
@@ -65,8 +64,8 @@ fn scaled_limit(setup: Setup, limit: Duration) -> Duration {
 /// What step actions and checks get: the attached SynIC (partition, connections, save and
 /// restore) and guest RAM.
 pub struct Host {
-    synic: Arc<AttachedSynic>,
-    testdev: Option<Arc<HvTestDev<SynicTestDev>>>,
+    synic: Arc<VmSynic>,
+    testdev: Option<Arc<TestDev<SynicMemory>>>,
 }
 
 impl std::fmt::Debug for Host {
@@ -100,7 +99,7 @@ pub fn host_message(sint: u8, seq: u64, size: usize) -> HvMessage {
 
 impl Host {
     /// The attached SynIC.
-    pub fn synic(&self) -> &Arc<AttachedSynic> {
+    pub fn synic(&self) -> &Arc<VmSynic> {
         &self.synic
     }
 
@@ -157,8 +156,8 @@ impl Host {
     /// What the hyperv-testdev device did: (commands carried out, refused, undecodable).
     pub fn testdev_counts(&self) -> (u64, u64, u64) {
         self.testdev.as_ref().map_or((0, 0, 0), |d| {
-            let s = d.handler().stats();
-            (s.done, s.refused, d.rejected())
+            let s = d.stats();
+            (s.done, s.refused, s.malformed)
         })
     }
 
@@ -295,7 +294,7 @@ pub struct Running {
 }
 
 impl Prepared {
-    /// Builds a VM for `spec` with the SynIC attached (the VMM's wiring, with its
+    /// Builds a VM for `spec` with the SynIC attached (the VMM's wiring, with the
     /// hyperv-testdev at port 0x3000), adds the report, debug-exit, step and settle ports and
     /// loads `program`. `steps` runs on a vCPU's thread whenever that vCPU writes the step
     /// port.
@@ -315,6 +314,7 @@ impl Prepared {
             .profile(spec.setup.profile)
             .features(spec.features)
             .queue_capacity(spec.queue_capacity)
+            .testdev(true)
             .build()
             .expect("building the VM with a SynIC");
         let want = match spec.setup.mode {
@@ -371,7 +371,7 @@ impl Prepared {
 
     /// Restores a saved SynIC state before the start ([`SynicVm::restore`]: in kernel mode
     /// KVM's registers and clock too), guest RAM already in place.
-    pub fn restore(&mut self, state: &synic_vmm::synic_vm::SynicState) -> synic_vmm::Result<()> {
+    pub fn restore(&mut self, state: &SynicState) -> synic_vmm::Result<()> {
         self.vm.restore(state)
     }
 

@@ -3,7 +3,6 @@
 //! registers) and in kernel mode (KVM's in-kernel SynIC).
 
 use synic_msr::Profile;
-use synic_vmm::Capabilities;
 
 /// Who owns the SynIC registers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -52,8 +51,9 @@ impl Setup {
             return false;
         }
         if self.mode == Mode::Kernel {
-            let synic2 = Capabilities::probe().is_ok_and(|(_, caps)| caps.hyperv_synic2);
-            if !synic2 {
+            let kernel = synic_kvm::Capabilities::probe_host()
+                .is_ok_and(|c| c.choose_mode(synic_kvm::ModeRequest::Kernel).is_ok());
+            if !kernel {
                 eprintln!(
                     "\n!!!! SKIPPED {test}: KVM_CAP_HYPERV_SYNIC2 is absent, kernel mode did not run \
                      (run it under /work/shared/tools/kvm-lab/kvm-lab) !!!!\n"

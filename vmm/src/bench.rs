@@ -31,8 +31,8 @@ use crate::guest::synic::{apic_eoi, call_hypercall_page, count_irq, release_slot
 use crate::guest::{layout, tag, GuestBuilder, GuestProgram, SynicSetup};
 use crate::io::PortDevice;
 use crate::layout::ports;
-use crate::probe::{ModeRequest, SynicMode};
-use crate::synic_vm::{AttachedSynic, SynicVmBuilder};
+use crate::synic_vm::{SynicVmBuilder, VmSynic};
+use synic_kvm::{ModeRequest, SynicMode};
 
 /// The port the bench ISRs write to end a round trip.
 pub const BENCH_PORT: u16 = 0x3200;
@@ -430,8 +430,8 @@ fn message(seq: u64) -> Option<HvMessage> {
 }
 
 fn fire_table(
-    synic: &Arc<AttachedSynic>,
-    floor: synic_routing::Irqfd<kvm_ioctls::VmFd>,
+    synic: &Arc<VmSynic>,
+    floor: synic_routing::Irqfd<synic_kvm::Routing>,
 ) -> Vec<(Kind, Fire)> {
     let p = Arc::clone(synic.partition());
     let post = move |sint: u8| -> Fire {

@@ -2,7 +2,7 @@
 //! counters progress reports read.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -50,6 +50,16 @@ pub struct VmControl {
     notify_tx: Sender<()>,
     notify_rx: Receiver<()>,
     exits: Box<[AtomicU64]>,
+    /// A pause is wanted (read by the vCPU loops after every kick).
+    pausing: AtomicBool,
+    pause: Mutex<Pause>,
+    pause_cv: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Pause {
+    /// vCPUs parked now.
+    parked: u32,
 }
 
 impl VmControl {
@@ -62,7 +72,57 @@ impl VmControl {
             notify_tx,
             notify_rx,
             exits: (0..vcpus).map(|_| AtomicU64::new(0)).collect(),
+            pausing: AtomicBool::new(false),
+            pause: Mutex::new(Pause::default()),
+            pause_cv: Condvar::new(),
         }
+    }
+
+    fn pause_state(&self) -> MutexGuard<'_, Pause> {
+        self.pause.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether the vCPUs should park (checked by a vCPU loop when a kick interrupted it).
+    pub(crate) fn pause_requested(&self) -> bool {
+        self.pausing.load(Ordering::SeqCst)
+    }
+
+    /// Asks the vCPUs to park at their next exit (the owner kicks them).
+    pub(crate) fn request_pause(&self) {
+        self.pausing.store(true, Ordering::SeqCst);
+    }
+
+    /// On a vCPU thread: parks until the pause ends or the VM stops.
+    pub(crate) fn park(&self, _vcpu: u32) {
+        let mut p = self.pause_state();
+        p.parked += 1;
+        self.pause_cv.notify_all();
+        while self.pause_requested() && !self.stopping() {
+            p = self
+                .pause_cv
+                .wait_timeout(p, Duration::from_millis(50))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        p.parked -= 1;
+        self.pause_cv.notify_all();
+    }
+
+    /// Ends a pause: parked vCPUs run again.
+    pub(crate) fn resume(&self) {
+        let _p = self.pause_state();
+        self.pausing.store(false, Ordering::SeqCst);
+        self.pause_cv.notify_all();
+    }
+
+    /// Waits up to `timeout` for `count` vCPUs to be parked.
+    pub(crate) fn wait_parked(&self, count: u32, timeout: Duration) -> bool {
+        let p = self.pause_state();
+        let (p, _) = self
+            .pause_cv
+            .wait_timeout_while(p, timeout, |p| p.parked < count)
+            .unwrap_or_else(PoisonError::into_inner);
+        p.parked >= count
     }
 
     /// Asks every vCPU to stop. The first reason given is the one reported.
@@ -74,6 +134,10 @@ impl VmControl {
         // Set after the reason so whoever sees the flag finds the reason.
         self.stopping.store(true, Ordering::SeqCst);
         let _ = self.notify_tx.try_send(());
+        drop(r);
+        // Parked vCPUs wake up and leave.
+        let _p = self.pause_state();
+        self.pause_cv.notify_all();
     }
 
     /// Whether a stop was requested.

@@ -5,25 +5,25 @@ use vmm_sys_util::errno;
 /// Everything that can go wrong building or running a VM.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// `/dev/kvm` does not exist.
-    #[error(
-        "/dev/kvm does not exist: this host has no KVM (load kvm_intel or kvm_amd, or run on a \
-         machine with hardware virtualization enabled)"
-    )]
-    KvmMissing,
-    /// `/dev/kvm` exists but may not be opened by this user.
-    #[error("/dev/kvm exists but cannot be opened: permission denied (run as root or join the kvm group)")]
-    KvmPermission,
-    /// Opening `/dev/kvm` failed for another reason.
-    #[error("cannot open /dev/kvm: {0}")]
-    KvmOpen(errno::Error),
-    /// KVM lacks a capability this VMM needs.
+    /// The SynIC's KVM layer refused: opening /dev/kvm, a missing capability, a KVM ioctl of
+    /// the SynIC's, its routes, its model, a save or restore that does not fit.
+    #[error(transparent)]
+    Synic(#[from] synic_kvm::Error),
+    /// KVM lacks a capability this VMM needs for itself.
     #[error("KVM lacks {cap}, needed for {needed_for}")]
     MissingCapability {
         /// The capability's KVM name.
         cap: &'static str,
         /// What the VMM needs it for.
         needed_for: &'static str,
+    },
+    /// More vCPUs than this host runs, or none.
+    #[error("{requested} vCPUs requested; this host supports 1..={limit}")]
+    VcpuCount {
+        /// The count asked for.
+        requested: u32,
+        /// KVM's limit (at most 255: APIC ids are 8-bit here).
+        limit: usize,
     },
     /// A KVM ioctl failed.
     #[error("KVM {op} failed: {source}")]
@@ -53,18 +53,26 @@ pub enum Error {
     /// A guest program could not be assembled.
     #[error("cannot assemble guest program: {0}")]
     Assemble(String),
-    /// A vCPU thread could not be started.
-    #[error("cannot start a vCPU thread: {0}")]
-    Thread(std::io::Error),
+    /// A thread could not be started.
+    #[error("cannot start a {what} thread: {source}")]
+    Thread {
+        /// Which thread.
+        what: &'static str,
+        /// The error from the OS.
+        source: std::io::Error,
+    },
+    /// The vCPU kick signal handler could not be installed.
+    #[error("cannot install the vCPU kick signal handler: {0}")]
+    KickHandler(errno::Error),
     /// The VM was already started.
     #[error("the VM was already started")]
     AlreadyStarted,
+    /// A pause did not complete: the VM stopped, or a vCPU did not leave KVM_RUN in time.
+    #[error("the vCPUs did not all pause (the VM stopped, or a vCPU did not park in time)")]
+    PauseFailed,
     /// The routing layer refused (a missing capability, a full GSI table, KVM's refusal).
     #[error("SINT routing: {0}")]
     Routing(#[from] synic_routing::Error),
-    /// The SynIC model refused (its configuration, a saved state that does not fit).
-    #[error("SynIC model: {0}")]
-    Synic(#[from] synic::Error),
 }
 
 /// Shorthand for this crate's results.

@@ -3,7 +3,7 @@
 //! scheme the KVM API documentation recommends instead of `KVM_SET_SIGNAL_MASK`).
 
 use std::cell::Cell;
-use std::sync::Once;
+use std::sync::OnceLock;
 
 use kvm_bindings::kvm_run;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
@@ -28,12 +28,13 @@ extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_v
     }
 }
 
-/// Installs the handler once per process.
-pub(crate) fn install() -> Result<(), vmm_sys_util::errno::Error> {
-    static ONCE: Once = Once::new();
-    let mut result = Ok(());
-    ONCE.call_once(|| result = register_signal_handler(signal(), on_kick));
-    result
+/// Installs the handler once per process. Every call returns the outcome of that one
+/// installation: a failure is reported on each call, so no VM starts vCPUs that a kick would
+/// kill (the signal's default action ends the process).
+pub(crate) fn install() -> crate::Result<()> {
+    static INSTALLED: OnceLock<Result<(), vmm_sys_util::errno::Error>> = OnceLock::new();
+    let installed = *INSTALLED.get_or_init(|| register_signal_handler(signal(), on_kick));
+    installed.map_err(crate::Error::KickHandler)
 }
 
 /// Makes kicks of the calling thread set `run.immediate_exit`. `run` must stay mapped until

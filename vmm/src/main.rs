@@ -5,12 +5,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use synic_kvm::ModeRequest;
 use synic_msr::Profile;
 use synic_vmm::bench::{self, BenchConfig};
 use synic_vmm::demo::{self, DemoConfig};
 use synic_vmm::devices::{DebugExit, FwCfg, Serial};
 use synic_vmm::layout::ports;
-use synic_vmm::{multiboot, ModeRequest, StopReason, VcpuHandlers, Vm, VmConfig};
+use synic_vmm::{multiboot, StopReason, VcpuHandlers, Vm, VmConfig};
 
 const USAGE: &str = "usage:
   synic-vmm [--mode auto|kernel|userspace] [--profile tlfs|kvm] [--count N] [--timeout S]

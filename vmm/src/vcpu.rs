@@ -1,67 +1,69 @@
-//! One vCPU's thread: `KVM_RUN`, then each exit to the device bus, the MSR handler, the
-//! hypercall hook or the SynIC-exit hook, until the VM stops.
+//! One vCPU's thread: `KVM_RUN`, then each exit to the device bus or to the vCPU's SynIC
+//! (synic-kvm's [`VcpuSynic`], called exactly as any embedder calls it), until the VM stops;
+//! parking while the VM is paused.
 
 use std::sync::Arc;
 
-use kvm_bindings::{kvm_regs, kvm_sregs};
-use kvm_bindings::{KVM_EXIT_HYPERV_HCALL, KVM_EXIT_HYPERV_SYNIC};
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
+use synic_kvm::{HypervExit, Trap, VcpuSynic};
 
 use crate::control::{StopReason, VmControl};
-use crate::hv::{HvPartition, PartitionMsrs};
-use crate::hypercall::{self, Hypercall, HypercallHandler, NoHypercalls};
 use crate::io::IoBus;
 use crate::kick;
-use crate::layout::ports::HYPERCALL_TRAP;
 use crate::msr::{MsrHandler, VpIndexOnly};
-use crate::probe::SynicMode;
+use crate::synic_vm::SynicMemory;
 
-/// A `KVM_EXIT_HYPERV_SYNIC` notification (kernel mode): the guest wrote SCONTROL, SIEFP or
-/// SIMP and the kernel already applied it. The model's own type, so the exit goes to
-/// [`synic::Vp::apply_synic_exit`] as it is.
-pub use synic::SynicExit;
-
-/// Follows the in-kernel SynIC's notifications for one vCPU (kernel mode only).
-pub trait SynicExitHandler: Send {
-    /// The guest changed SCONTROL, SIEFP or SIMP.
-    fn synic_exit(&mut self, exit: &SynicExit);
-
-    /// The vCPU left `KVM_RUN` for good (the VM is stopping), on its own thread: the moment to
-    /// read vCPU state KVM keeps, such as the in-kernel SynIC's registers. Default: nothing.
-    fn vcpu_stopped(&mut self, _vcpu: &VcpuFd) {}
-}
-
-/// Ignores SynIC notifications.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct IgnoreSynicExits;
-
-impl SynicExitHandler for IgnoreSynicExits {
-    fn synic_exit(&mut self, _exit: &SynicExit) {}
+/// Sees what the SynIC did with a vCPU's hypercalls and `KVM_EXIT_HYPERV` exits, after it did
+/// it (tests, logging). Called on the vCPU's thread.
+pub trait ExitObserver: Send {
+    /// A hypercall trap was handled (userspace mode).
+    fn trap(&mut self, trap: &Trap) {
+        let _ = trap;
+    }
+    /// A `KVM_EXIT_HYPERV` was handled (kernel mode).
+    fn hyperv(&mut self, exit: &HypervExit) {
+        let _ = exit;
+    }
 }
 
 /// What one vCPU's exits go to. Each vCPU gets its own, used only on its thread.
 pub struct VcpuHandlers {
-    /// MSR exits not answered by the VMM itself.
+    /// The vCPU's SynIC (`None`: a VM without one, a plain PC): Hyper-V MSR exits, the
+    /// hypercall trap, `KVM_EXIT_HYPERV`, and the capture of KVM's registers at a pause.
+    pub synic: Option<VcpuSynic<SynicMemory>>,
+    /// MSR exits of a vCPU without a SynIC (and MSRs KVM does not know, either way: they reach
+    /// the SynIC first, which refuses what is not Hyper-V).
     pub msr: Box<dyn MsrHandler>,
-    /// Hypercalls (trap port in userspace mode, `KVM_EXIT_HYPERV_HCALL` in kernel mode).
-    pub hypercall: Box<dyn HypercallHandler>,
-    /// `KVM_EXIT_HYPERV_SYNIC` (kernel mode).
-    pub synic_exit: Box<dyn SynicExitHandler>,
+    /// Sees the SynIC's hypercall and Hyper-V exits.
+    pub observer: Option<Box<dyn ExitObserver>>,
 }
 
 impl std::fmt::Debug for VcpuHandlers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("VcpuHandlers")
+        f.debug_struct("VcpuHandlers")
+            .field("synic", &self.synic)
+            .finish_non_exhaustive()
     }
 }
 
 impl VcpuHandlers {
-    /// No SynIC: VP_INDEX only, hypercalls refused, notifications ignored.
+    /// No SynIC: VP_INDEX reads the vCPU index, every other MSR exit is #GP, no hypercalls.
     pub fn without_synic(vp_index: u32) -> Self {
         Self {
+            synic: None,
             msr: Box::new(VpIndexOnly { vp_index }),
-            hypercall: Box::new(NoHypercalls),
-            synic_exit: Box::new(IgnoreSynicExits),
+            observer: None,
+        }
+    }
+
+    /// vCPU `synic.index()`'s SynIC.
+    pub fn with_synic(synic: VcpuSynic<SynicMemory>) -> Self {
+        Self {
+            msr: Box::new(VpIndexOnly {
+                vp_index: synic.index(),
+            }),
+            synic: Some(synic),
+            observer: None,
         }
     }
 }
@@ -77,7 +79,7 @@ pub struct VcpuStats {
     pub msr: u64,
     /// Of those, how many were answered with #GP.
     pub msr_gp: u64,
-    /// Hypercalls handled.
+    /// Hypercalls handled (trap port and `KVM_EXIT_HYPERV_HCALL`).
     pub hypercalls: u64,
     /// `KVM_EXIT_HYPERV` exits.
     pub hyperv: u64,
@@ -85,6 +87,8 @@ pub struct VcpuStats {
     pub interrupted: u64,
     /// `EAGAIN` from an AP leaving wait-for-SIPI.
     pub sipi_retries: u64,
+    /// Times the vCPU parked for a pause.
+    pub pauses: u64,
 }
 
 pub(crate) struct VcpuRunner {
@@ -92,16 +96,14 @@ pub(crate) struct VcpuRunner {
     pub fd: VcpuFd,
     pub handlers: VcpuHandlers,
     pub bus: Arc<IoBus>,
-    pub partition_msrs: PartitionMsrs,
     pub control: Arc<VmControl>,
-    pub mode: SynicMode,
     /// Registers arrive in `kvm_run` at every exit (`KVM_CAP_SYNC_REGS`).
     pub sync_regs: bool,
 }
 
 enum Next {
     Continue,
-    ClearImmediateExit,
+    Interrupted,
     HypercallTrap,
     HypervExit,
     InternalError,
@@ -120,12 +122,12 @@ impl VcpuRunner {
             let next = self.step(&mut stats);
             let outcome = match next {
                 Next::Continue => Ok(()),
-                Next::ClearImmediateExit => {
+                Next::Interrupted => {
                     self.fd.set_kvm_immediate_exit(0);
-                    Ok(())
+                    self.park_if_paused(&mut stats)
                 }
                 Next::HypercallTrap => self.hypercall_trap(&mut stats),
-                Next::HypervExit => self.hyperv_exit(),
+                Next::HypervExit => self.hyperv_exit(&mut stats),
                 Next::InternalError => {
                     let suberror = self.fd.get_kvm_run();
                     // SAFETY: the exit reason was KVM_EXIT_INTERNAL_ERROR, so `internal` is the
@@ -147,8 +149,30 @@ impl VcpuRunner {
             }
         }
         kick::unregister();
-        self.handlers.synic_exit.vcpu_stopped(&self.fd);
+        // Out of KVM_RUN for good: capture KVM's SynIC registers so the stopped VM can be
+        // saved (the VMM pauses the SynIC when every vCPU stopped).
+        self.capture();
         stats
+    }
+
+    fn capture(&mut self) {
+        if let Some(synic) = &self.handlers.synic {
+            if let Err(e) = synic.capture(&self.fd) {
+                // The save reports the vCPU as not captured; say why here.
+                eprintln!("synic-vmm: vCPU {}: {e}", self.index);
+            }
+        }
+    }
+
+    /// A pause was requested: capture, tell the pauser, wait for the resume.
+    fn park_if_paused(&mut self, stats: &mut VcpuStats) -> Result<(), String> {
+        if !self.control.pause_requested() {
+            return Ok(());
+        }
+        stats.pauses += 1;
+        self.capture();
+        self.control.park(self.index);
+        Ok(())
     }
 
     fn step(&mut self, stats: &mut VcpuStats) -> Next {
@@ -159,9 +183,11 @@ impl VcpuRunner {
         }
         match exit {
             Ok(VcpuExit::IoOut(port, data)) => {
-                if port == HYPERCALL_TRAP
-                    && self.mode == SynicMode::Userspace
-                    && self.partition_msrs.hypercall_page().is_some()
+                if self
+                    .handlers
+                    .synic
+                    .as_ref()
+                    .is_some_and(|s| s.is_hypercall_trap(port))
                 {
                     return Next::HypercallTrap;
                 }
@@ -185,13 +211,12 @@ impl VcpuRunner {
             }
             Ok(VcpuExit::X86Rdmsr(exit)) => {
                 stats.msr += 1;
-                match rdmsr(
-                    &self.partition_msrs,
-                    self.handlers.msr.as_mut(),
-                    self.mode,
-                    exit.index,
-                ) {
-                    Some(value) => *exit.data = value,
+                let value = match &self.handlers.synic {
+                    Some(s) => s.rdmsr(exit.index).ok(),
+                    None => self.handlers.msr.rdmsr(exit.index).ok(),
+                };
+                match value {
+                    Some(v) => *exit.data = v,
                     None => {
                         stats.msr_gp += 1;
                         *exit.error = 1;
@@ -201,13 +226,11 @@ impl VcpuRunner {
             }
             Ok(VcpuExit::X86Wrmsr(exit)) => {
                 stats.msr += 1;
-                if !wrmsr(
-                    &self.partition_msrs,
-                    self.handlers.msr.as_mut(),
-                    self.mode,
-                    exit.index,
-                    exit.data,
-                ) {
+                let ok = match &self.handlers.synic {
+                    Some(s) => s.wrmsr(exit.index, exit.data).is_ok(),
+                    None => self.handlers.msr.wrmsr(exit.index, exit.data).is_ok(),
+                };
+                if !ok {
                     stats.msr_gp += 1;
                     *exit.error = 1;
                 }
@@ -243,7 +266,7 @@ impl VcpuRunner {
             }),
             Err(e) if e.errno() == libc::EINTR => {
                 stats.interrupted += 1;
-                Next::ClearImmediateExit
+                Next::Interrupted
             }
             // An AP left wait-for-SIPI: run it again.
             Err(e) if e.errno() == libc::EAGAIN => {
@@ -258,110 +281,35 @@ impl VcpuRunner {
     }
 
     fn hypercall_trap(&mut self, stats: &mut VcpuStats) -> Result<(), String> {
-        let (mut regs, sregs) = self.registers()?;
-        // Only ring 0 may call the hypervisor; anything else is a plain write to a port
-        // nobody claims.
-        if sregs.cs.selector & 3 != 0 {
-            stats.io += 1;
+        let Some(synic) = &self.handlers.synic else {
             return Ok(());
+        };
+        let trap = synic
+            .hypercall_trap(&mut self.fd)
+            .map_err(|e| e.to_string())?;
+        match trap {
+            Trap::Handled { .. } => stats.hypercalls += 1,
+            // Only ring 0 may call the hypervisor: anything else is a plain write to a port
+            // nobody claims.
+            Trap::Unprivileged => stats.io += 1,
         }
-        stats.hypercalls += 1;
-        let long_mode = sregs.efer & (1 << 10) != 0 && sregs.cs.l == 1;
-        let call = Hypercall::from_regs(&regs, long_mode);
-        let result = self.handlers.hypercall.hypercall(&call);
-        hypercall::write_result(&mut regs, long_mode, result);
-        // RIP still points at the OUT; KVM skips it when the vCPU resumes.
-        self.set_registers(&regs)
-    }
-
-    fn registers(&mut self) -> Result<(kvm_regs, kvm_sregs), String> {
-        if self.sync_regs {
-            let s = self.fd.sync_regs();
-            return Ok((s.regs, s.sregs));
+        if let Some(o) = &mut self.handlers.observer {
+            o.trap(&trap);
         }
-        let regs = self
-            .fd
-            .get_regs()
-            .map_err(|e| format!("KVM_GET_REGS: {e}"))?;
-        let sregs = self
-            .fd
-            .get_sregs()
-            .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
-        Ok((regs, sregs))
+        Ok(())
     }
 
-    fn set_registers(&mut self, regs: &kvm_regs) -> Result<(), String> {
-        if self.sync_regs {
-            self.fd.sync_regs_mut().regs = *regs;
-            self.fd.set_sync_dirty_reg(SyncReg::Register);
-            return Ok(());
+    fn hyperv_exit(&mut self, stats: &mut VcpuStats) -> Result<(), String> {
+        let Some(synic) = &self.handlers.synic else {
+            return Err("KVM_EXIT_HYPERV on a vCPU without a SynIC".into());
+        };
+        let exit = synic.hyperv_exit(&mut self.fd).map_err(|e| e.to_string())?;
+        if matches!(exit, HypervExit::Hypercall { .. }) {
+            stats.hypercalls += 1;
         }
-        self.fd
-            .set_regs(regs)
-            .map_err(|e| format!("KVM_SET_REGS: {e}"))
-    }
-
-    fn hyperv_exit(&mut self) -> Result<(), String> {
-        let run = self.fd.get_kvm_run();
-        // SAFETY: the exit reason was KVM_EXIT_HYPERV, so `hyperv` is the active member.
-        let hv = unsafe { &mut run.__bindgen_anon_1.hyperv };
-        match hv.type_ {
-            KVM_EXIT_HYPERV_SYNIC => {
-                // SAFETY: type SYNIC selects the `synic` member.
-                let s = unsafe { hv.u.synic };
-                self.handlers.synic_exit.synic_exit(&SynicExit {
-                    msr: s.msr,
-                    control: s.control,
-                    evt_page: s.evt_page,
-                    msg_page: s.msg_page,
-                });
-                Ok(())
-            }
-            KVM_EXIT_HYPERV_HCALL => {
-                // SAFETY: type HCALL selects the `hcall` member.
-                let h = unsafe { &mut hv.u.hcall };
-                h.result = self
-                    .handlers
-                    .hypercall
-                    .hypercall(&Hypercall::from_kvm_exit(h.input, h.params));
-                Ok(())
-            }
-            other => Err(format!("unsupported KVM_EXIT_HYPERV type {other}")),
+        if let Some(o) = &mut self.handlers.observer {
+            o.hyperv(&exit);
         }
-    }
-}
-
-/// The VMM's own partition registers, when they answer `index` (userspace mode, no model
-/// attached).
-fn vmm_owned(msrs: &PartitionMsrs, mode: SynicMode, index: u32) -> Option<&HvPartition> {
-    let hv = msrs.vmm()?;
-    (mode == SynicMode::Userspace && HvPartition::owns(index)).then_some(&**hv)
-}
-
-/// RDMSR: the VMM's partition registers when they own `index`, the vCPU's handler otherwise.
-/// `None` = #GP.
-fn rdmsr(
-    msrs: &PartitionMsrs,
-    handler: &mut dyn MsrHandler,
-    mode: SynicMode,
-    index: u32,
-) -> Option<u64> {
-    match vmm_owned(msrs, mode, index) {
-        Some(hv) => hv.rdmsr(index).ok(),
-        None => handler.rdmsr(index).ok(),
-    }
-}
-
-/// WRMSR, dispatched like [`rdmsr`]. `false` = #GP.
-fn wrmsr(
-    msrs: &PartitionMsrs,
-    handler: &mut dyn MsrHandler,
-    mode: SynicMode,
-    index: u32,
-    value: u64,
-) -> bool {
-    match vmm_owned(msrs, mode, index) {
-        Some(hv) => hv.wrmsr(index, value).is_ok(),
-        None => handler.wrmsr(index, value).is_ok(),
+        Ok(())
     }
 }

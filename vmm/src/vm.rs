@@ -5,25 +5,19 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{
-    kvm_enable_cap, kvm_mp_state, KVM_CAP_HYPERV_SYNIC2, KVM_MAX_CPUID_ENTRIES,
-    KVM_MP_STATE_RUNNABLE,
-};
-use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use synic_msr::Profile;
+use kvm_bindings::{kvm_mp_state, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use synic_kvm::{cpuid, Capabilities, HvFeatures, ModeRequest, SynicMode};
 use vmm_sys_util::signal::Killable;
 
 use crate::boot::{self, LongModeEntry, ProtectedModeEntry};
 use crate::control::{StopReason, VmControl};
-use crate::cpuid::{self, HvFeatures};
 use crate::error::{kvm_err, Error, Result};
-use crate::hv::{HvPartition, HypercallPageState, PartitionMsrs};
 use crate::io::{IoBus, PortDevice};
 use crate::layout::{KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
 use crate::memory::{self, GuestMemory};
-use crate::probe::{Capabilities, ModeRequest, SynicMode};
 use crate::vcpu::{VcpuHandlers, VcpuRunner, VcpuStats};
-use crate::{kick, lapic, msr};
+use crate::{kick, lapic};
 
 /// What VM to build.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,8 +30,6 @@ pub struct VmConfig {
     pub mode: ModeRequest,
     /// Hyper-V features advertised in CPUID.
     pub features: HvFeatures,
-    /// Semantics of the partition-wide Hyper-V registers (userspace mode).
-    pub profile: Profile,
 }
 
 impl Default for VmConfig {
@@ -47,7 +39,6 @@ impl Default for VmConfig {
             mem_size: 64 << 20,
             mode: ModeRequest::Auto,
             features: HvFeatures::SYNIC,
-            profile: Profile::Tlfs,
         }
     }
 }
@@ -62,22 +53,48 @@ pub struct Vm {
     mode: SynicMode,
     caps: Capabilities,
     bus: IoBus,
-    partition_msrs: PartitionMsrs,
     control: Arc<VmControl>,
     config: VmConfig,
 }
 
+/// What this VMM needs of KVM beyond the SynIC: (present, capability, what for).
+fn vmm_requirements(kvm: &Kvm) -> [(bool, &'static str, &'static str); 3] {
+    [
+        (
+            kvm.check_extension(Cap::SetTssAddr),
+            "KVM_CAP_SET_TSS_ADDR",
+            "vCPU setup",
+        ),
+        (
+            kvm.check_extension(Cap::SetIdentityMapAddr),
+            "KVM_CAP_SET_IDENTITY_MAP_ADDR",
+            "vCPU setup",
+        ),
+        (
+            kvm.check_extension(Cap::ImmediateExit),
+            "KVM_CAP_IMMEDIATE_EXIT",
+            "stopping and pausing vCPUs cleanly",
+        ),
+    ]
+}
+
 impl Vm {
-    /// Builds the VM: checks capabilities, creates the irqchip, RAM, MSR exits and vCPUs.
+    /// Builds the VM: the VM fd with its in-kernel irqchip, the capability probe and mode
+    /// decision (synic-kvm's), RAM, MSR exits for the mode, and the vCPUs with Hyper-V CPUID
+    /// (prepared for the mode by [`synic_kvm::setup_vcpu`]).
     pub fn new(config: VmConfig) -> Result<Vm> {
-        let (kvm, caps) = Capabilities::probe()?;
-        let mode = caps.choose_mode(config.mode)?;
+        let kvm = synic_kvm::open_kvm()?;
+        for (present, cap, needed_for) in vmm_requirements(&kvm) {
+            if !present {
+                return Err(Error::MissingCapability { cap, needed_for });
+            }
+        }
         let limit = kvm.get_max_vcpus().min(255);
         if config.vcpus == 0 || config.vcpus as usize > limit {
-            return Err(Error::Config(format!(
-                "{} vCPUs requested; this host supports 1..={limit}",
-                config.vcpus
-            )));
+            return Err(Error::VcpuCount {
+                requested: config.vcpus,
+                limit,
+            });
         }
         let fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         fd.set_tss_address(KVM_TSS_ADDR as usize)
@@ -86,9 +103,12 @@ impl Vm {
             .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
         fd.create_irq_chip()
             .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        // After the irqchip: the probe tries (resample) irqfds on this VM.
+        let caps = Capabilities::probe(&kvm, &fd);
+        let mode = caps.choose_mode(config.mode)?;
         let memory = memory::allocate(config.mem_size)?;
         memory::register(&fd, &memory)?;
-        msr::enable_msr_exits(&fd, mode)?;
+        synic_kvm::setup_vm(&fd, mode)?;
 
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -99,20 +119,13 @@ impl Vm {
             let vcpu = fd
                 .create_vcpu(u64::from(id))
                 .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            let cpuid = cpuid::vcpu_cpuid(&supported, &hv_leaves, id)?;
-            vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+            let mut table = crate::cpu::with_apic_id(&supported, id)?;
+            cpuid::apply(&mut table, &hv_leaves)?;
+            vcpu.set_cpuid2(&table).map_err(kvm_err("KVM_SET_CPUID2"))?;
             lapic::configure_lint(&vcpu)?;
-            if mode == SynicMode::Kernel {
-                let cap = kvm_enable_cap {
-                    cap: KVM_CAP_HYPERV_SYNIC2,
-                    ..Default::default()
-                };
-                vcpu.enable_cap(&cap)
-                    .map_err(kvm_err("KVM_ENABLE_CAP(HYPERV_SYNIC2)"))?;
-            }
+            synic_kvm::setup_vcpu(&vcpu, mode)?;
             vcpus.push(vcpu);
         }
-        let hv = Arc::new(HvPartition::new(config.profile, memory.clone()));
         let control = Arc::new(VmControl::new(config.vcpus));
         Ok(Vm {
             vcpus,
@@ -122,7 +135,6 @@ impl Vm {
             mode,
             caps,
             bus: IoBus::new(),
-            partition_msrs: PartitionMsrs::Vmm(hv),
             control,
             config,
         })
@@ -161,19 +173,6 @@ impl Vm {
     /// Stop control, for devices that stop the VM.
     pub fn control(&self) -> &Arc<VmControl> {
         &self.control
-    }
-
-    /// The VMM's own partition-wide Hyper-V registers (userspace mode), or `None` once they
-    /// were handed to an attached SynIC model.
-    pub fn hv(&self) -> Option<&Arc<HvPartition>> {
-        self.partition_msrs.vmm()
-    }
-
-    /// Hands GUEST_OS_ID, HYPERCALL and TIME_REF_COUNT to the vCPUs' [`crate::MsrHandler`]s:
-    /// an attached SynIC model owns them (one owner; the VMM's [`HvPartition`] no longer
-    /// answers). `page` tells the vCPU loop when the hypercall trap port is live.
-    pub fn hand_partition_registers_to_handlers(&mut self, page: Arc<dyn HypercallPageState>) {
-        self.partition_msrs = PartitionMsrs::Handlers(page);
     }
 
     /// vCPU `index`, before start (for extra setup).
@@ -217,16 +216,20 @@ impl Vm {
         bsp.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))
     }
 
+    /// The vCPU fds, before start (to restore a saved SynIC state into them).
+    pub fn vcpu_fds(&self) -> Vec<&VcpuFd> {
+        self.vcpus.iter().collect()
+    }
+
     /// Starts one thread per vCPU. `handlers(vcpu)` builds each vCPU's exit handlers.
     pub fn start(mut self, mut handlers: impl FnMut(u32) -> VcpuHandlers) -> Result<RunningVm> {
-        kick::install().map_err(kvm_err("installing the vCPU kick signal handler"))?;
+        kick::install()?;
         let bus = Arc::new(std::mem::take(&mut self.bus));
         let mut running = RunningVm {
             threads: Vec::new(),
             fd: self.fd.clone(),
             memory: self.memory.clone(),
             control: self.control.clone(),
-            partition_msrs: self.partition_msrs.clone(),
             started: Instant::now(),
             finished: None,
         };
@@ -236,15 +239,16 @@ impl Vm {
                 fd,
                 handlers: handlers(index),
                 bus: bus.clone(),
-                partition_msrs: self.partition_msrs.clone(),
                 control: self.control.clone(),
-                mode: self.mode,
                 sync_regs: self.caps.sync_regs,
             };
             let thread = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .spawn(move || runner.run())
-                .map_err(Error::Thread)?; // dropping `running` stops the started ones
+                .map_err(|source| Error::Thread {
+                    what: "vCPU",
+                    source,
+                })?; // dropping `running` stops the started ones
             running.threads.push(thread);
         }
         Ok(running)
@@ -269,7 +273,6 @@ pub struct RunningVm {
     fd: Arc<VmFd>,
     memory: GuestMemory,
     control: Arc<VmControl>,
-    partition_msrs: PartitionMsrs,
     started: Instant,
     finished: Option<Duration>,
 }
@@ -290,9 +293,32 @@ impl RunningVm {
         &self.control
     }
 
-    /// The VMM's own partition-wide Hyper-V registers (`None` when a SynIC model owns them).
-    pub fn hv(&self) -> Option<&Arc<HvPartition>> {
-        self.partition_msrs.vmm()
+    /// Pauses every vCPU: each leaves `KVM_RUN` at its next exit or kick, captures its SynIC
+    /// state (kernel mode: KVM's registers) and parks until [`resume`](Self::resume). Returns
+    /// once all are parked, or false if the VM stopped or they did not park within `timeout`.
+    pub fn pause(&self, timeout: Duration) -> bool {
+        self.control.request_pause();
+        let deadline = Instant::now() + timeout;
+        let n = self.threads.len() as u32;
+        // Kick until all parked: a kick that lands before a thread registered its kvm_run
+        // would be lost, the next one is not.
+        loop {
+            for t in self.threads.iter().filter(|t| !t.is_finished()) {
+                let _ = t.kill(kick::signal());
+            }
+            if self.control.wait_parked(n, Duration::from_millis(5)) {
+                return true;
+            }
+            if self.control.stopping() || Instant::now() >= deadline {
+                self.control.resume();
+                return false;
+            }
+        }
+    }
+
+    /// Ends a pause.
+    pub fn resume(&self) {
+        self.control.resume();
     }
 
     /// Waits until the VM stops or `timeout` passes (then stops it with

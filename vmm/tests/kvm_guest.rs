@@ -6,14 +6,16 @@ mod common;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use common::{drain, kvm_available, next_report, rig, RUN_LIMIT};
+use common::{drain, kvm_available, next_report, rig, synic_rig, RUN_LIMIT};
+use synic::hypercall::{HypercallControl, HypercallRegs};
+use synic_kvm::{ModeRequest, SynicMode, Trap};
 use synic_msr::{Gp, GpReason};
 use synic_routing::{DefaultRoutes, MsiRoute, Route, RoutingTable};
 use synic_vmm::devices::Report;
 use synic_vmm::guest::{layout, tag, GuestBuilder, Isr};
-use synic_vmm::hypercall::{Hypercall, HypercallHandler};
 use synic_vmm::msr::{MsrError, VpIndexOnly};
-use synic_vmm::{ModeRequest, MsrHandler, StopReason, SynicMode, VcpuHandlers, VmConfig};
+use synic_vmm::synic_vm::SynicVmBuilder;
+use synic_vmm::{ExitObserver, MsrHandler, StopReason, VcpuHandlers, VmConfig};
 
 const SCONTROL: u32 = 0x4000_0080;
 const SVERSION: u32 = 0x4000_0081;
@@ -231,24 +233,45 @@ fn irqfd_on_an_msi_route_interrupts_the_guest_isr() {
     );
 }
 
+/// Records the SynIC's hypercall traps: (vCPU, call, result).
 #[derive(Clone, Default)]
-struct RecordingHypercalls(Arc<Mutex<Vec<(u32, Hypercall)>>>, u32);
+struct RecordingTraps(Arc<Mutex<Vec<(u32, HypercallRegs, u64)>>>, u32);
 
-impl HypercallHandler for RecordingHypercalls {
-    fn hypercall(&mut self, call: &Hypercall) -> u64 {
-        self.0.lock().unwrap().push((self.1, *call));
-        0x0000_0003_0000_0000 | u64::from(call.input.call_code()) // 3 reps done, status = code
+impl ExitObserver for RecordingTraps {
+    fn trap(&mut self, trap: &Trap) {
+        if let Trap::Handled { call, result } = *trap {
+            self.0.lock().unwrap().push((self.1, call, result));
+        }
     }
 }
 
+/// A userspace-mode SynIC VM whose vCPUs' hypercall traps are recorded.
+fn recorded(
+    program: &synic_vmm::guest::GuestProgram,
+) -> (
+    synic_vmm::synic_vm::RunningSynicVm,
+    crossbeam_channel::Receiver<Report>,
+    RecordingTraps,
+) {
+    let h = RecordingTraps::default();
+    let rig = synic_rig(SynicVmBuilder::new().mode(ModeRequest::Userspace), 1);
+    let log = h.0.clone();
+    let (running, reports) = rig.start_with(program, move |vp, mut handlers| {
+        handlers.observer = Some(Box::new(RecordingTraps(log.clone(), vp)));
+        handlers
+    });
+    (running, reports, h)
+}
+
 #[test]
-fn hypercall_through_the_page_reaches_the_host_hook_and_returns_rax() {
+fn hypercall_through_the_page_reaches_the_synic_and_returns_rax() {
     if !kvm_available() {
         return;
     }
     let mut g = GuestBuilder::new().unwrap();
     g.enable_hypercall_page(layout::HYPERCALL_PAGE).unwrap();
     g.asm().mov(iced_x86::code_asm::r9, 0x5555u64).unwrap(); // survives the call
+                                                             // HvSignalEvent, fast, with a rep count: a simple call may not have one.
     g.hypercall(
         layout::HYPERCALL_PAGE,
         0x0003_0000_0001_005D,
@@ -259,29 +282,25 @@ fn hypercall_through_the_page_reaches_the_host_hook_and_returns_rax() {
     g.report_reg(tag::USER, iced_x86::code_asm::rax).unwrap();
     g.report_reg(tag::USER + 1, iced_x86::code_asm::r9).unwrap();
     g.exit(0).unwrap();
-    let h = RecordingHypercalls::default();
-    let calls = h.0.clone();
-    let (running, reports, _) = rig(config(1)).start(&g.build().unwrap(), move |vp| VcpuHandlers {
-        hypercall: Box::new(RecordingHypercalls(h.0.clone(), vp)),
-        ..VcpuHandlers::without_synic(vp)
-    });
+    let (running, reports, h) = recorded(&g.build().unwrap());
     let out = running.wait(Some(RUN_LIMIT));
     assert_eq!(out.reason, StopReason::DebugExit(0));
     assert_eq!(out.stats[0].hypercalls, 1);
-    let calls = calls.lock().unwrap().clone();
+    let calls = h.0.lock().unwrap().clone();
     assert_eq!(calls.len(), 1);
-    let (vp, call) = calls[0];
+    let (vp, call, result) = calls[0];
     assert_eq!(vp, 0);
-    assert_eq!(call.input.0, 0x0003_0000_0001_005D);
-    assert!(call.input.fast());
-    assert_eq!((call.param0, call.param1), (0x11_2233, 0x44_5566));
+    assert_eq!(call.control, 0x0003_0000_0001_005D);
+    assert!(HypercallControl(call.control).fast());
+    assert_eq!((call.input, call.output), (0x11_2233, 0x44_5566));
+    assert_eq!(result, synic::HvStatus::InvalidHypercallInput.rax());
     assert_eq!(
         drain(&reports),
         vec![
             Report {
                 vcpu: 0,
                 tag: tag::USER,
-                value: 0x0000_0003_0000_005D
+                value: result
             },
             Report {
                 vcpu: 0,
@@ -302,17 +321,11 @@ fn out_to_the_trap_port_is_no_hypercall_until_the_page_is_enabled() {
     g.asm().out(0xEBi32, iced_x86::code_asm::al).unwrap();
     g.report_reg(tag::USER, iced_x86::code_asm::rax).unwrap();
     g.exit(0).unwrap();
-    let h = RecordingHypercalls::default();
-    let calls = h.0.clone();
-    let (running, reports, _) = rig(config(1)).start(&g.build().unwrap(), move |vp| VcpuHandlers {
-        hypercall: Box::new(RecordingHypercalls(h.0.clone(), vp)),
-        ..VcpuHandlers::without_synic(vp)
-    });
-    assert_eq!(
-        running.wait(Some(RUN_LIMIT)).reason,
-        StopReason::DebugExit(0)
-    );
-    assert!(calls.lock().unwrap().is_empty());
+    let (running, reports, h) = recorded(&g.build().unwrap());
+    let out = running.wait(Some(RUN_LIMIT));
+    assert_eq!(out.reason, StopReason::DebugExit(0));
+    assert_eq!(out.stats[0].hypercalls, 0);
+    assert!(h.0.lock().unwrap().is_empty());
     assert_eq!(
         drain(&reports),
         vec![Report {

@@ -1,5 +1,5 @@
 //! Kernel mode (KVM's in-kernel SynIC, KVM_CAP_HYPERV_SYNIC2): SynIC notifications and
-//! HvPostMessage reach the per-vCPU hooks. This host's KVM has no Hyper-V, so here the test
+//! HvPostMessage reach synic-kvm's `VcpuSynic::hyperv_exit` through the VMM's vCPU loop. This host's KVM has no Hyper-V, so here the test
 //! says so and returns; it runs for real under `/work/shared/tools/kvm-lab/kvm-lab`:
 //!
 //! ```sh
@@ -11,41 +11,32 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
-use common::{drain, kvm_available, rig, RUN_LIMIT};
+use common::{drain, kvm_available, synic_rig, RUN_LIMIT};
+use synic::hypercall::{HypercallControl, HVCALL_POST_MESSAGE};
+use synic::HvStatus;
+use synic_kvm::{Capabilities, HypervExit, ModeRequest, SynicMode};
 use synic_vmm::devices::Report;
 use synic_vmm::guest::{layout, tag, GuestBuilder};
-use synic_vmm::hypercall::{Hypercall, HypercallHandler, HVCALL_POST_MESSAGE};
-use synic_vmm::{
-    Capabilities, ModeRequest, StopReason, SynicExit, SynicExitHandler, SynicMode, VcpuHandlers,
-    VmConfig,
-};
+use synic_vmm::synic_vm::SynicVmBuilder;
+use synic_vmm::{ExitObserver, StopReason};
 
 #[derive(Clone, Default)]
-struct Log {
-    synic: Arc<Mutex<Vec<SynicExit>>>,
-    calls: Arc<Mutex<Vec<Hypercall>>>,
-}
+struct Log(Arc<Mutex<Vec<HypervExit>>>);
 
-impl SynicExitHandler for Log {
-    fn synic_exit(&mut self, exit: &SynicExit) {
-        self.synic.lock().unwrap().push(*exit);
-    }
-}
-
-impl HypercallHandler for Log {
-    fn hypercall(&mut self, call: &Hypercall) -> u64 {
-        self.calls.lock().unwrap().push(*call);
-        0x12 // HV_STATUS_INVALID_CONNECTION_ID: any value the guest can tell apart
+impl ExitObserver for Log {
+    fn hyperv(&mut self, exit: &HypervExit) {
+        self.0.lock().unwrap().push(*exit);
     }
 }
 
 #[test]
-fn kernel_mode_synic_exits_and_post_message_reach_the_hooks() {
+fn kernel_mode_synic_exits_and_post_message_reach_the_synic() {
     if !kvm_available() {
         return;
     }
-    let (_, caps) = Capabilities::probe().unwrap();
-    if !caps.hyperv_synic2 {
+    let kernel =
+        Capabilities::probe_host().is_ok_and(|c| c.choose_mode(ModeRequest::Kernel).is_ok());
+    if !kernel {
         eprintln!("SKIPPED here: KVM_CAP_HYPERV_SYNIC2 is absent (run this test under kvm-lab)");
         return;
     }
@@ -57,6 +48,7 @@ fn kernel_mode_synic_exits_and_post_message_reach_the_hooks() {
     g.wrmsr(synic_msr::index::SIMP, simp | 1).unwrap();
     g.rdmsr_report(synic_msr::index::VP_INDEX, tag::USER)
         .unwrap();
+    // An all-zero input: connection 0 exists nowhere.
     g.hypercall(
         layout::HYPERCALL_PAGE,
         u64::from(HVCALL_POST_MESSAGE),
@@ -67,21 +59,17 @@ fn kernel_mode_synic_exits_and_post_message_reach_the_hooks() {
     g.report_reg(tag::USER + 1, iced_x86::code_asm::rax)
         .unwrap();
     g.exit(0).unwrap();
-    let config = VmConfig {
-        mode: ModeRequest::Kernel,
-        ..VmConfig::default()
-    };
-    let r = rig(config);
-    assert_eq!(r.vm.mode(), SynicMode::Kernel);
+    let rig = synic_rig(SynicVmBuilder::new().mode(ModeRequest::Kernel), 1);
+    assert_eq!(rig.vm.mode(), SynicMode::Kernel);
     let log = Log::default();
     let l = log.clone();
-    let (running, reports, _) = r.start(&g.build().unwrap(), move |vp| VcpuHandlers {
-        hypercall: Box::new(l.clone()),
-        synic_exit: Box::new(l.clone()),
-        ..VcpuHandlers::without_synic(vp)
+    let (running, reports) = rig.start_with(&g.build().unwrap(), move |_, mut h| {
+        h.observer = Some(Box::new(l.clone()));
+        h
     });
     let out = running.wait(Some(RUN_LIMIT * 6)); // nested under emulation: slow
     assert_eq!(out.reason, StopReason::DebugExit(0), "{out:?}");
+    let refused = HvStatus::InvalidParameter.rax();
     assert_eq!(
         drain(&reports),
         vec![
@@ -93,22 +81,33 @@ fn kernel_mode_synic_exits_and_post_message_reach_the_hooks() {
             Report {
                 vcpu: 0,
                 tag: tag::USER + 1,
-                value: 0x12
+                value: refused
             },
         ]
     );
-    let synic = log.synic.lock().unwrap().clone();
-    assert_eq!(synic.len(), 2, "{synic:?}");
+    let exits = log.0.lock().unwrap().clone();
+    assert_eq!(exits.len(), 3, "{exits:?}");
+    let HypervExit::Synic(scontrol) = exits[0] else {
+        panic!("{exits:?}")
+    };
     assert_eq!(
-        (synic[0].msr, synic[0].control),
+        (scontrol.msr, scontrol.control),
         (synic_msr::index::SCONTROL, 1)
     );
+    let HypervExit::Synic(simp_exit) = exits[1] else {
+        panic!("{exits:?}")
+    };
     assert_eq!(
-        (synic[1].msr, synic[1].msg_page),
+        (simp_exit.msr, simp_exit.msg_page),
         (synic_msr::index::SIMP, simp | 1)
     );
-    let calls = log.calls.lock().unwrap().clone();
-    assert_eq!(calls.len(), 1);
-    assert_eq!(calls[0].input.call_code(), HVCALL_POST_MESSAGE);
-    assert_eq!(calls[0].param0, input);
+    let HypervExit::Hypercall { call, result } = exits[2] else {
+        panic!("{exits:?}")
+    };
+    assert_eq!(
+        HypercallControl(call.control).call_code(),
+        HVCALL_POST_MESSAGE
+    );
+    assert_eq!(call.input, input);
+    assert_eq!(result, refused);
 }

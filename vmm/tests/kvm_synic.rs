@@ -14,12 +14,14 @@ use std::time::Duration;
 use common::{drain, kvm_available, next_report, synic_rig, RUN_LIMIT};
 use iced_x86::code_asm::*;
 use synic::{HvMessage, MessageType, VpIndex};
-use synic_vmm::devices::{Report, TestDevCommand};
+use synic_kvm::testdev::TestDevCommand;
+use synic_kvm::{HostEventConnection, HostMessageConnection, SynicMode};
+use synic_vmm::devices::Report;
 use synic_vmm::guest::synic::{apic_eoi, count_irq, release_slot};
 use synic_vmm::guest::{layout, tag, GuestBuilder, Isr, SynicSetup};
 use synic_vmm::layout::ports;
-use synic_vmm::synic_vm::{HostEventConnection, HostMessageConnection, SynicVmBuilder};
-use synic_vmm::{StopReason, SynicMode};
+use synic_vmm::synic_vm::SynicVmBuilder;
+use synic_vmm::StopReason;
 
 const SIMP: u64 = layout::FREE_PAGES;
 const SIEFP: u64 = layout::FREE_PAGES + 0x1000;
@@ -303,7 +305,7 @@ fn hyperv_testdev_routes_connections_and_insufficient_buffers() {
     emit_message_isr(&mut g);
     let program = g.build().unwrap();
 
-    let rig = synic_rig(SynicVmBuilder::new().queue_capacity(2), 1);
+    let rig = synic_rig(SynicVmBuilder::new().queue_capacity(2).testdev(true), 1);
     let synic = rig.vm.synic().clone();
     let (running, reports) = rig.start(&program);
     let testdev = running.testdev().unwrap().clone();
@@ -326,9 +328,9 @@ fn hyperv_testdev_routes_connections_and_insufficient_buffers() {
             user(0, 8, 0x12),
         ]
     );
-    let stats = testdev.handler().stats();
+    let stats = testdev.stats();
     assert_eq!((stats.done, stats.refused), (7, 1), "{stats:?}");
-    assert_eq!(testdev.rejected(), 0);
+    assert_eq!(stats.malformed, 0);
     let c = synic.partition().counters(VpIndex(0)).unwrap();
     assert_eq!(c.sints[usize::from(MSG_SINT)].rejected_full, 1);
     assert_eq!(c.sints[usize::from(MSG_SINT)].queued, 2);

@@ -17,7 +17,7 @@ use synic_msr::VpIndex;
 
 mod ports;
 pub use ports::{EventPort, MessagePort};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Bytes, GuestAddress, GuestMemory};
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
 /// Call code of HvPostMessage.
@@ -263,11 +263,7 @@ pub fn validate_signal_event(input: u64) -> Result<SignalEvent, HvStatus> {
 
 /// Copies `buf.len()` bytes of hypercall input from `gpa`: 8-byte aligned, inside one page,
 /// in guest RAM, or `InvalidAlignment` (KVM's answer for an unreadable input GPA too).
-fn read_input<M: GuestMemoryBackend + ?Sized>(
-    mem: &M,
-    gpa: u64,
-    buf: &mut [u8],
-) -> Result<(), HvStatus> {
+fn read_input<M: GuestMemory + ?Sized>(mem: &M, gpa: u64, buf: &mut [u8]) -> Result<(), HvStatus> {
     let len = buf.len() as u64;
     if !gpa.is_multiple_of(8) || (gpa % 4096) + len > 4096 {
         return Err(HvStatus::InvalidAlignment);
@@ -277,7 +273,7 @@ fn read_input<M: GuestMemoryBackend + ?Sized>(
 }
 
 /// Decodes and validates a hypercall from its registers, reading memory input once.
-pub fn decode<M: GuestMemoryBackend + ?Sized>(
+pub fn decode<M: GuestMemory + ?Sized>(
     mem: &M,
     regs: &HypercallRegs,
 ) -> Result<Hypercall, HvStatus> {
@@ -461,7 +457,7 @@ impl Connections {
 }
 
 /// Decodes, validates and dispatches a hypercall from `caller`; returns the RAX value.
-pub fn handle<M: GuestMemoryBackend + ?Sized>(
+pub fn handle<M: GuestMemory + ?Sized>(
     mem: &M,
     regs: &HypercallRegs,
     caller: VpIndex,

@@ -181,7 +181,7 @@ pub fn cross_vcpu_post_and_signal(setup: Setup) {
 /// (INVALID_CONNECTION_ID).
 pub fn test_device_protocol(setup: Setup) {
     use status::*;
-    use synic_vmm::devices::TestDevCommand as Cmd;
+    use synic_kvm::testdev::TestDevCommand as Cmd;
     const ROUTE_SINT: u8 = 4;
     const CONN_MSG: u32 = 0x21;
     const CONN_EVT: u32 = 0x23;

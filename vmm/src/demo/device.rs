@@ -9,7 +9,8 @@ use crossbeam_channel::{select, Receiver};
 use synic::{Error as SynicError, FlagOutcome, HvMessage, MessageType, VpIndex};
 
 use super::guest::{EVENT_FLAGS, EVT_SINT, HOST_MESSAGE_TYPE, MSG_SINT, REPLY_MESSAGE_TYPE};
-use crate::synic_vm::{GuestEvent, GuestMessage, SynicPartition};
+use crate::synic_vm::SynicPartition;
+use synic_kvm::{GuestEvent, GuestMessage};
 
 /// How many of each kind one device thread sends, and how.
 #[derive(Clone, Copy, Debug)]

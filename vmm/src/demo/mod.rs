@@ -26,10 +26,11 @@ use crate::devices::{DebugExit, ReportPort};
 use crate::error::{Error, Result};
 use crate::guest::{layout, tag};
 use crate::layout::ports;
-use crate::probe::{ModeRequest, SynicMode};
-use crate::synic_vm::{HostEventConnection, HostMessageConnection, SynicVmBuilder};
+use crate::synic_vm::SynicVmBuilder;
 use device::{Device, DeviceResult, Plan, Progress};
 use guest::{stat, EVT_CONNECTION, EVT_SINT, MSG_CONNECTION, MSG_SINT, STATS_OFFSET, VCPU_AREA};
+use synic_kvm::{HostEventConnection, HostMessageConnection};
+use synic_kvm::{ModeRequest, SynicMode};
 
 /// What the demo runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -294,7 +295,7 @@ fn guest_stats(memory: &crate::memory::GuestMemory, vcpu: u32) -> Result<[u64; 1
 /// counts and its retry/spurious counts.
 fn stall_state(
     memory: &crate::memory::GuestMemory,
-    synic: &crate::synic_vm::AttachedSynic,
+    synic: &crate::synic_vm::VmSynic,
     vcpu: u32,
     guest: &[u64; 12],
 ) -> String {
@@ -421,7 +422,10 @@ pub fn run(
         let t = std::thread::Builder::new()
             .name(format!("demo-device{v}"))
             .spawn(move || dev.run())
-            .map_err(Error::Thread)?;
+            .map_err(|source| Error::Thread {
+                what: "demo device",
+                source,
+            })?;
         threads.push(t);
     }
     let expected_total = 4 * u64::from(c.vcpus) * c.messages.max(c.events);

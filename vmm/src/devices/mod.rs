@@ -9,6 +9,6 @@ pub mod serial;
 
 pub use debug_exit::DebugExit;
 pub use fw_cfg::FwCfg;
-pub use hv_testdev::{HvTestDev, TestDevCommand, TestDevHandler};
+pub use hv_testdev::HvTestDev;
 pub use report::{Report, ReportPort};
 pub use serial::{Serial, SharedBuffer};

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use super::{run, LinuxImage, LinuxReport, LinuxRun, PowerEvent};
 use crate::control::StopReason;
-use crate::probe::ModeRequest;
 use crate::vmbus::Version;
+use synic_kvm::ModeRequest;
 
 /// Usage of `synic-vmm linux`.
 pub const USAGE: &str =
@@ -33,7 +33,6 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<LinuxRun, String> {
             cmdline: BASE_CMDLINE.to_string(),
             vmbus_acpi: true,
             console_timestamps: false,
-            frequency_msrs: true,
         },
         vcpus: 1,
         mem_size: 256 << 20,

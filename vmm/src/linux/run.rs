@@ -3,13 +3,13 @@
 use std::io::Write;
 use std::time::Duration;
 
-use super::{prepare, HvPlatformMsrs, LinuxError, LinuxImage, PowerEvent, KVM_APIC_BUS_HZ};
-use crate::cpuid::HvFeatures;
-use crate::probe::{ModeRequest, SynicMode};
+use super::{prepare, LinuxError, LinuxImage, PowerEvent};
 use crate::synic_vm::SynicVmBuilder;
 use crate::vcpu::VcpuHandlers;
 use crate::vm::{RunOutcome, Vm, VmConfig};
 use crate::vmbus::{Version, VmbusHost, VmbusLog};
+use synic_kvm::HvFeatures;
+use synic_kvm::{ModeRequest, SynicMode};
 
 /// How to run a Linux guest.
 pub struct LinuxRun {
@@ -63,34 +63,21 @@ pub struct LinuxReport {
 
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 
-/// No Hyper-V at all: CPUID 0x4000_0003 empty, so Linux does not take the machine for Hyper-V.
-const NO_HYPERV: HvFeatures = HvFeatures {
-    time_ref_count: false,
-    synic: false,
-    stimer: false,
-    direct_stimer: false,
-    hypercall: false,
-    vp_index: false,
-    post_messages: false,
-    signal_events: false,
-    sint_polling: false,
-};
-
-/// What a Linux guest sees of Hyper-V: the partition registers, VP_INDEX, SynIC and the two
-/// hypercalls. Synthetic timers stay hidden: with them Linux moves its clock events onto STIMER0
-/// messages on the VMBus SINT, which in kernel mode KVM writes into the same slot the library
-/// writes VMBus messages to.
+/// What a Linux guest sees of Hyper-V: the partition registers, VP_INDEX, SynIC, the two
+/// hypercalls and the frequency MSRs. Synthetic timers stay hidden: with them Linux moves its
+/// clock events onto STIMER0 messages on the VMBus SINT, which in kernel mode KVM writes into
+/// the same slot the library writes VMBus messages to.
 const LINUX_HYPERV: HvFeatures = HvFeatures {
     stimer: false,
     direct_stimer: false,
     sint_polling: false,
+    frequency_msrs: true,
     ..HvFeatures::SYNIC
 };
 
 /// Boots the guest and waits for it to stop.
 pub fn run(mut r: LinuxRun) -> Result<LinuxReport, LinuxError> {
     let image = LinuxImage {
-        frequency_msrs: r.hyperv,
         vmbus_acpi: r.vmbus.is_some() && r.hyperv,
         ..r.image.clone()
     };
@@ -105,8 +92,7 @@ pub fn run(mut r: LinuxRun) -> Result<LinuxReport, LinuxError> {
             vcpus: r.vcpus,
             mem_size: r.mem_size,
             mode: r.mode,
-            features: NO_HYPERV,
-            ..VmConfig::default()
+            features: HvFeatures::NONE,
         })?;
         let mode = vm.mode();
         let machine = prepare(&mut vm, &image, r.console)?;
@@ -137,15 +123,7 @@ pub fn run(mut r: LinuxRun) -> Result<LinuxReport, LinuxError> {
         ),
         _ => None,
     };
-    // KVM answers the frequency and VP-assist MSRs in kernel mode; in userspace mode they reach
-    // the VMM.
-    let frequency = mode == SynicMode::Userspace;
-    let running = svm.start_with(|_, mut h| {
-        if frequency {
-            h.msr = Box::new(HvPlatformMsrs::new(h.msr, tsc_hz, KVM_APIC_BUS_HZ));
-        }
-        h
-    })?;
+    let running = svm.start()?;
     let outcome = running.wait_with_progress(r.timeout, PROGRESS_INTERVAL, &mut tick);
     Ok(LinuxReport {
         mode,

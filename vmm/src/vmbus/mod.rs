@@ -26,7 +26,8 @@ pub use control::{Connection, ControlPlane, Handled, Reply, VmbusError};
 pub use messages::{ChannelMessageType, Version};
 use messages::{HV_MESSAGE_VMBUS, VMBUS_MESSAGE_CONNECTION_ID, VMBUS_MESSAGE_CONNECTION_ID_4};
 
-use crate::synic_vm::{AttachedSynic, GuestMessage, HostMessageConnection};
+use crate::synic_vm::VmSynic;
+use synic_kvm::{GuestMessage, HostMessageConnection};
 
 /// Which way a message went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,7 +84,7 @@ impl VmbusLog {
 pub struct VmbusHost {
     stop: Sender<()>,
     thread: Option<JoinHandle<VmbusLog>>,
-    synic: Arc<AttachedSynic>,
+    synic: Arc<VmSynic>,
 }
 
 /// How many guest messages may wait for the device thread before HvPostMessage answers
@@ -93,10 +94,15 @@ const QUEUE: usize = 64;
 impl VmbusHost {
     /// Registers the VMBus message connections (1 and 4) with `synic` and starts the device
     /// thread, speaking protocol versions up to `max`.
-    pub fn attach(synic: &Arc<AttachedSynic>, max: Version) -> Result<Self, ConnectionError> {
+    pub fn attach(synic: &Arc<VmSynic>, max: Version) -> Result<Self, ConnectionError> {
         let (conn, rx) = HostMessageConnection::new(QUEUE);
-        synic.add_message_connection(VMBUS_MESSAGE_CONNECTION_ID, conn.clone())?;
-        if let Err(e) = synic.add_message_connection(VMBUS_MESSAGE_CONNECTION_ID_4, conn) {
+        synic
+            .connections()
+            .add_message(VMBUS_MESSAGE_CONNECTION_ID, conn.clone())?;
+        if let Err(e) = synic
+            .connections()
+            .add_message(VMBUS_MESSAGE_CONNECTION_ID_4, conn)
+        {
             synic.remove_message_connection(VMBUS_MESSAGE_CONNECTION_ID);
             return Err(e);
         }
@@ -141,7 +147,7 @@ impl Drop for VmbusHost {
 }
 
 fn serve(
-    synic: &AttachedSynic,
+    synic: &VmSynic,
     mut plane: ControlPlane,
     rx: &Receiver<GuestMessage>,
     stop: &Receiver<()>,
@@ -198,7 +204,7 @@ fn serve(
     }
 }
 
-fn post(synic: &AttachedSynic, r: &Reply) -> (String, bool) {
+fn post(synic: &VmSynic, r: &Reply) -> (String, bool) {
     let to = format!("VP{} SINT{}", r.vp.0, r.sint.get());
     let msg = match HvMessage::new(MessageType(HV_MESSAGE_VMBUS), 0, &r.payload) {
         Ok(m) => m,
@@ -223,13 +229,13 @@ mod tests {
 
     use super::messages::{header_only, ChannelMessageHeader, InitiateContact};
     use super::*;
-    use crate::probe::ModeRequest;
     use crate::synic_vm::SynicVmBuilder;
+    use synic_kvm::ModeRequest;
 
     const SIMP: u64 = 0x20_0000;
 
     /// What the guest's HvPostMessage would hand the connections registry.
-    fn guest_post(synic: &AttachedSynic, connection_id: u32, payload: &[u8]) -> HvStatus {
+    fn guest_post(synic: &VmSynic, connection_id: u32, payload: &[u8]) -> HvStatus {
         let mut input = PostMessageInput::new_zeroed();
         input.connection_id = connection_id;
         input.message_type = HV_MESSAGE_VMBUS;
@@ -241,7 +247,7 @@ mod tests {
 
     /// Waits for a message in slot 2 of the message page, returns its payload's first 16 bytes
     /// and frees the slot the way the guest does (type None, then EOM).
-    fn take_slot2(synic: &AttachedSynic) -> [u8; 16] {
+    fn take_slot2(synic: &VmSynic) -> [u8; 16] {
         let slot = GuestAddress(SIMP + 2 * 256);
         for _ in 0..500 {
             let t: u32 = synic.memory().read_obj(slot).unwrap();

@@ -100,12 +100,24 @@ pub fn synic_rig(builder: synic_vmm::synic_vm::SynicVmBuilder, vcpus: u32) -> Sy
 }
 
 impl SynicRig {
-    /// Loads `program` and starts the vCPUs with the model's handlers.
+    /// Loads `program` and starts the vCPUs with the SynIC's handlers.
     pub fn start(
-        mut self,
+        self,
         program: &GuestProgram,
     ) -> (synic_vmm::synic_vm::RunningSynicVm, Receiver<Report>) {
+        self.start_with(program, |_, h| h)
+    }
+
+    /// Like [`start`](Self::start), with `customize` changing each vCPU's handlers.
+    pub fn start_with(
+        mut self,
+        program: &GuestProgram,
+        customize: impl FnMut(u32, VcpuHandlers) -> VcpuHandlers,
+    ) -> (synic_vmm::synic_vm::RunningSynicVm, Receiver<Report>) {
         program.load(self.vm.vm_mut()).expect("loading the program");
-        (self.vm.start().expect("starting vCPUs"), self.reports)
+        (
+            self.vm.start_with(customize).expect("starting vCPUs"),
+            self.reports,
+        )
     }
 }

@@ -2,23 +2,18 @@
 //! as vCPU state, and the kvmclock its reference time and timers count from.
 //!
 //! In kernel mode the guest's SCONTROL, SIEFP, SIMP, SINTs, synthetic timers, GUEST_OS_ID and
-//! HYPERCALL live in KVM, not in the model. They are read with `KVM_GET_MSRS` on each vCPU's
-//! own thread when it leaves `KVM_RUN` for good ([`crate::SynicExitHandler::vcpu_stopped`]),
-//! and written back with `KVM_SET_MSRS` (host-initiated accesses, which KVM lets set what a
-//! guest may not, e.g. VP_INDEX) before the restored VM starts. The kvmclock is read with
-//! `KVM_GET_CLOCK` after the vCPUs stopped and set with `KVM_SET_CLOCK`, so TIME_REF_COUNT and
-//! absolute one-shot timer expiries continue where they were.
+//! HYPERCALL live in KVM, not in the model. They are read with `KVM_GET_MSRS` while the vCPU is
+//! out of `KVM_RUN` ([`crate::VcpuSynic::capture`], on a paused vCPU), and written back with
+//! `KVM_SET_MSRS` (host-initiated accesses, which KVM lets set what a guest may not, e.g.
+//! VP_INDEX) before the restored VM runs. The kvmclock is read with `KVM_GET_CLOCK` at the save
+//! and set with `KVM_SET_CLOCK`, so TIME_REF_COUNT and absolute one-shot timer expiries continue
+//! where they were.
 
-use kvm_bindings::{kvm_clock_data, kvm_msr_entry, Msrs};
+use kvm_bindings::{kvm_clock_data, kvm_msr_entry, Msrs, KVM_MAX_MSR_ENTRIES};
 use kvm_ioctls::{VcpuFd, VmFd};
-use synic_msr::index;
+use synic_msr::index::{self, REFERENCE_TSC, VP_ASSIST_PAGE};
 
-use crate::error::{Error, Result};
-
-/// HV_X64_MSR_REFERENCE_TSC (the reference TSC page).
-pub const REFERENCE_TSC: u32 = 0x4000_0021;
-/// HV_X64_MSR_VP_ASSIST_PAGE.
-pub const VP_ASSIST_PAGE: u32 = 0x4000_0073;
+use crate::error::{kvm_err, Error, Result};
 
 /// The registers saved per vCPU, in the order they are restored: GUEST_OS_ID before HYPERCALL
 /// (KVM ignores a HYPERCALL write while the guest OS id is 0), each timer's CONFIG before its
@@ -72,7 +67,7 @@ const _: () = {
 /// KVM's part of a kernel-mode VM's SynIC state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KernelSynicState {
-    /// The kvmclock (ns) when the vCPUs had stopped: TIME_REF_COUNT is this / 100.
+    /// The kvmclock (ns) at the save, vCPUs paused: TIME_REF_COUNT is this / 100.
     pub clock_ns: u64,
     /// Per vCPU, `(msr, value)` for every register of [`KERNEL_MSRS`], in that order.
     pub vcpus: Vec<Vec<(u32, u64)>>,
@@ -87,22 +82,26 @@ fn entries(regs: impl IntoIterator<Item = (u32, u64)>) -> Result<Msrs> {
             ..Default::default()
         })
         .collect();
-    Msrs::from_entries(&entries).map_err(|e| Error::Config(format!("MSR list: {e:?}")))
+    Msrs::from_entries(&entries).map_err(|_| Error::TooManyEntries {
+        what: "MSR list",
+        limit: KVM_MAX_MSR_ENTRIES,
+    })
 }
 
-/// Reads [`KERNEL_MSRS`] from a vCPU (host-initiated `KVM_GET_MSRS`).
-pub(crate) fn read_vcpu(fd: &VcpuFd) -> Result<Vec<(u32, u64)>> {
+/// Reads [`KERNEL_MSRS`] from vCPU `vcpu` (host-initiated `KVM_GET_MSRS`; the vCPU must be
+/// out of `KVM_RUN`).
+pub(crate) fn read_vcpu(fd: &VcpuFd, vcpu: u32) -> Result<Vec<(u32, u64)>> {
     let mut msrs = entries(KERNEL_MSRS.iter().map(|&i| (i, 0)))?;
-    let read = fd.get_msrs(&mut msrs).map_err(|source| Error::Kvm {
-        op: "KVM_GET_MSRS (Hyper-V registers)",
-        source,
-    })?;
-    if read < KERNEL_MSRS.len() {
-        return Err(Error::Config(format!(
-            "KVM_GET_MSRS read {read} of {} Hyper-V registers: KVM refused MSR {:#x}",
-            KERNEL_MSRS.len(),
-            KERNEL_MSRS[read]
-        )));
+    let read = fd
+        .get_msrs(&mut msrs)
+        .map_err(kvm_err("KVM_GET_MSRS (Hyper-V registers)"))?;
+    if let Some(&msr) = KERNEL_MSRS.get(read) {
+        return Err(Error::MsrRefused {
+            op: "KVM_GET_MSRS",
+            vcpu,
+            msr,
+            value: 0,
+        });
     }
     Ok(msrs.as_slice().iter().map(|e| (e.index, e.data)).collect())
 }
@@ -110,22 +109,20 @@ pub(crate) fn read_vcpu(fd: &VcpuFd) -> Result<Vec<(u32, u64)>> {
 /// Writes saved registers into a vCPU (host-initiated `KVM_SET_MSRS`), in the saved order.
 /// Only registers of [`KERNEL_MSRS`] are accepted.
 pub(crate) fn write_vcpu(fd: &VcpuFd, vcpu: u32, regs: &[(u32, u64)]) -> Result<()> {
-    if let Some((msr, _)) = regs.iter().find(|(m, _)| !KERNEL_MSRS.contains(m)) {
-        return Err(Error::Config(format!(
-            "saved kernel-mode state of vCPU {vcpu} holds MSR {msr:#x}, which is not a saved \
-             Hyper-V register"
-        )));
+    if let Some(&(msr, _)) = regs.iter().find(|(m, _)| !KERNEL_MSRS.contains(m)) {
+        return Err(Error::NotAKernelMsr { vcpu, msr });
     }
     let msrs = entries(regs.iter().copied())?;
-    let written = fd.set_msrs(&msrs).map_err(|source| Error::Kvm {
-        op: "KVM_SET_MSRS (Hyper-V registers)",
-        source,
-    })?;
-    if written < regs.len() {
-        let (msr, value) = regs[written];
-        return Err(Error::Config(format!(
-            "KVM refused the saved value {value:#x} of MSR {msr:#x} on vCPU {vcpu}"
-        )));
+    let written = fd
+        .set_msrs(&msrs)
+        .map_err(kvm_err("KVM_SET_MSRS (Hyper-V registers)"))?;
+    if let Some(&(msr, value)) = regs.get(written) {
+        return Err(Error::MsrRefused {
+            op: "KVM_SET_MSRS",
+            vcpu,
+            msr,
+            value,
+        });
     }
     Ok(())
 }
@@ -134,10 +131,7 @@ pub(crate) fn write_vcpu(fd: &VcpuFd, vcpu: u32, regs: &[(u32, u64)]) -> Result<
 pub(crate) fn read_clock(vm: &VmFd) -> Result<u64> {
     vm.get_clock()
         .map(|c| c.clock)
-        .map_err(|source| Error::Kvm {
-            op: "KVM_GET_CLOCK",
-            source,
-        })
+        .map_err(kvm_err("KVM_GET_CLOCK"))
 }
 
 /// Sets the kvmclock (`KVM_SET_CLOCK`).
@@ -146,10 +140,7 @@ pub(crate) fn write_clock(vm: &VmFd, clock_ns: u64) -> Result<()> {
         clock: clock_ns,
         ..Default::default()
     };
-    vm.set_clock(&data).map_err(|source| Error::Kvm {
-        op: "KVM_SET_CLOCK",
-        source,
-    })
+    vm.set_clock(&data).map_err(kvm_err("KVM_SET_CLOCK"))
 }
 
 #[cfg(test)]

@@ -3,20 +3,20 @@
 use std::sync::{Arc, Weak};
 
 use crossbeam_channel::Receiver;
-use kvm_ioctls::VmFd;
-use synic::{RaiseSint, SintIndex, VpIndex};
-use synic_routing::{Gsi, KernelSintRoutes, RoutingTable, SintCounters, UserSintRoutes};
+use synic::{Partition, RaiseSint, SintIndex, VpIndex};
+use synic_routing::{Gsi, KernelSintRoutes, SintCounters, UserSintRoutes};
+use vm_memory::GuestAddressSpace;
 
-use super::SynicPartition;
 use crate::error::{Error, Result};
+use crate::{Routing, SynicRoutingTable};
 
 /// The routes the partition raises SINTs through.
 #[derive(Debug)]
 pub(crate) enum SintRoutes {
     /// Userspace mode: MSI routes following the guest's SINT registers.
-    User(Arc<UserSintRoutes<VmFd>>),
+    User(Arc<UserSintRoutes<Routing>>),
     /// Kernel mode: HV_SINT routes with resamplefds.
-    Kernel(Arc<KernelSintRoutes<VmFd>>),
+    Kernel(Arc<KernelSintRoutes<Routing>>),
 }
 
 impl SintRoutes {
@@ -63,7 +63,7 @@ impl SintRoutes {
     }
 
     /// The VM's one routing table.
-    pub fn table(&self) -> &Arc<RoutingTable<VmFd>> {
+    pub fn table(&self) -> &Arc<SynicRoutingTable> {
         match self {
             SintRoutes::User(r) => r.table(),
             SintRoutes::Kernel(r) => r.table(),
@@ -79,10 +79,13 @@ impl SintRoutes {
 /// the last owner drops the partition the routes go with it, the channel closes and the
 /// thread ends. (A closure sink holding the `Weak` could end up dropping the partition — and
 /// with it the routes, which join the ack thread — on the ack thread itself.)
-pub(crate) fn spawn_ack_pump(
+pub(crate) fn spawn_ack_pump<M>(
     acks: Receiver<(VpIndex, SintIndex)>,
-    partition: Weak<SynicPartition>,
-) -> Result<()> {
+    partition: Weak<Partition<M>>,
+) -> Result<()>
+where
+    M: GuestAddressSpace + Send + Sync + 'static,
+{
     std::thread::Builder::new()
         .name("synic-acks".into())
         .spawn(move || {
@@ -96,5 +99,8 @@ pub(crate) fn spawn_ack_pump(
             }
         })
         .map(|_| ())
-        .map_err(Error::Thread)
+        .map_err(|source| Error::Thread {
+            what: "SynIC ack",
+            source,
+        })
 }

@@ -1,7 +1,8 @@
-//! CPUID for the guest: what KVM supports, plus the Hyper-V leaves 0x4000_0000..=0x4000_0005
-//! built from the enabled features.
+//! The Hyper-V CPUID leaves 0x4000_0000..=0x4000_0005, built from the features the VM wires
+//! ([`HvFeatures`]), and [`apply`] to put them into a vCPU's CPUID in place of KVM's own
+//! paravirtual leaves.
 
-use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
+use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_MAX_CPUID_ENTRIES};
 
 use crate::error::{Error, Result};
 use crate::probe::SynicMode;
@@ -31,10 +32,14 @@ pub const EAX_STIMER: u32 = 1 << 3;
 pub const EAX_HYPERCALL: u32 = 1 << 5;
 /// 0x4000_0003 EAX: AccessVpIndex.
 pub const EAX_VP_INDEX: u32 = 1 << 6;
+/// 0x4000_0003 EAX: AccessFrequencyMsrs (TSC_FREQUENCY, APIC_FREQUENCY).
+pub const EAX_FREQUENCY_MSRS: u32 = 1 << 11;
 /// 0x4000_0003 EBX: PostMessages.
 pub const EBX_POST_MESSAGES: u32 = 1 << 4;
 /// 0x4000_0003 EBX: SignalEvents.
 pub const EBX_SIGNAL_EVENTS: u32 = 1 << 5;
+/// 0x4000_0003 EDX: the frequency MSRs are available.
+pub const EDX_FREQUENCY_MSRS_AVAILABLE: u32 = 1 << 8;
 /// 0x4000_0003 EDX: SINT polling mode available.
 pub const EDX_SINT_POLLING: u32 = 1 << 17;
 /// 0x4000_0003 EDX: direct synthetic timers.
@@ -65,12 +70,16 @@ pub struct HvFeatures {
     pub signal_events: bool,
     /// SINT polling mode.
     pub sint_polling: bool,
+    /// TSC_FREQUENCY and APIC_FREQUENCY (the VM must answer them: KVM does in kernel mode,
+    /// [`crate::VcpuSynic`] in userspace mode once given the frequencies).
+    pub frequency_msrs: bool,
 }
 
 impl HvFeatures {
-    /// Everything this VMM implements for SynIC guests: synthetic timers including direct
-    /// mode (userspace mode: the model and [`crate::timers::TimerThread`]; kernel mode: KVM's),
-    /// no SINT polling.
+    /// Everything the library implements for SynIC guests: synthetic timers including direct
+    /// mode (userspace mode: the model and [`crate::TimerThread`]; kernel mode: KVM's), no SINT
+    /// polling, no frequency MSRs (they need the frequencies: see
+    /// [`crate::VmSynicBuilder::frequencies`]).
     pub const SYNIC: HvFeatures = HvFeatures {
         time_ref_count: true,
         synic: true,
@@ -81,6 +90,21 @@ impl HvFeatures {
         post_messages: true,
         signal_events: true,
         sint_polling: false,
+        frequency_msrs: false,
+    };
+
+    /// Nothing: a guest that sees these leaves does not take the machine for Hyper-V.
+    pub const NONE: HvFeatures = HvFeatures {
+        time_ref_count: false,
+        synic: false,
+        stimer: false,
+        direct_stimer: false,
+        hypercall: false,
+        vp_index: false,
+        post_messages: false,
+        signal_events: false,
+        sint_polling: false,
+        frequency_msrs: false,
     };
 }
 
@@ -114,11 +138,13 @@ pub fn hyperv_leaves(features: HvFeatures, mode: SynicMode, max_vps: u32) -> Vec
         | bit(f.synic, EAX_SYNIC)
         | bit(f.stimer, EAX_STIMER)
         | bit(f.hypercall, EAX_HYPERCALL)
-        | bit(f.vp_index, EAX_VP_INDEX);
+        | bit(f.vp_index, EAX_VP_INDEX)
+        | bit(f.frequency_msrs, EAX_FREQUENCY_MSRS);
     let privileges_ebx =
         bit(f.post_messages, EBX_POST_MESSAGES) | bit(f.signal_events, EBX_SIGNAL_EVENTS);
-    let features_edx =
-        bit(f.sint_polling, EDX_SINT_POLLING) | bit(f.direct_stimer, EDX_DIRECT_STIMER);
+    let features_edx = bit(f.sint_polling, EDX_SINT_POLLING)
+        | bit(f.direct_stimer, EDX_DIRECT_STIMER)
+        | bit(f.frequency_msrs, EDX_FREQUENCY_MSRS_AVAILABLE);
     let recommendations = bit(mode == SynicMode::Userspace, REC_DEPRECATING_AUTO_EOI);
     vec![
         leaf(
@@ -138,32 +164,27 @@ pub fn hyperv_leaves(features: HvFeatures, mode: SynicMode, max_vps: u32) -> Vec
     ]
 }
 
-/// The CPUID of vCPU `apic_id`: `supported` (KVM_GET_SUPPORTED_CPUID) with KVM's own
-/// paravirtual leaves replaced by `hv` (both claim 0x4000_0000), the hypervisor bit set and
-/// the APIC id filled in.
-pub fn vcpu_cpuid(supported: &CpuId, hv: &[kvm_cpuid_entry2], apic_id: u32) -> Result<CpuId> {
-    let mut entries: Vec<kvm_cpuid_entry2> = supported
+/// Puts `hv` (from [`hyperv_leaves`]) into a vCPU's CPUID table in place of whatever claims
+/// 0x4000_0000..=0x4000_FFFF (KVM's own paravirtual leaves, from `KVM_GET_SUPPORTED_CPUID`),
+/// and sets CPUID.1:ECX bit 31 (hypervisor present). Everything else is left as it is.
+pub fn apply(cpuid: &mut CpuId, hv: &[kvm_cpuid_entry2]) -> Result<()> {
+    let mut entries: Vec<kvm_cpuid_entry2> = cpuid
         .as_slice()
         .iter()
         .filter(|e| !(0x4000_0000..=0x4000_FFFF).contains(&e.function))
         .copied()
         .collect();
     for e in &mut entries {
-        match e.function {
-            1 => {
-                e.ecx |= ECX_HYPERVISOR;
-                e.ebx = (e.ebx & 0x00FF_FFFF) | (apic_id << 24);
-            }
-            // Extended topology: EDX is the x2APIC id on every subleaf.
-            0xB | 0x1F => e.edx = apic_id,
-            _ => {}
-        }
-        if e.function == 0xB || e.function == 0x1F {
-            e.flags |= KVM_CPUID_FLAG_SIGNIFCANT_INDEX;
+        if e.function == 1 {
+            e.ecx |= ECX_HYPERVISOR;
         }
     }
     entries.extend_from_slice(hv);
-    CpuId::from_entries(&entries).map_err(|e| Error::Config(format!("CPUID table: {e:?}")))
+    *cpuid = CpuId::from_entries(&entries).map_err(|_| Error::TooManyEntries {
+        what: "CPUID table",
+        limit: KVM_MAX_CPUID_ENTRIES,
+    })?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -198,6 +219,13 @@ mod tests {
         );
         assert_eq!(f.ebx, EBX_POST_MESSAGES | EBX_SIGNAL_EVENTS);
         assert_eq!(f.edx, EDX_DIRECT_STIMER);
+        let freq = HvFeatures {
+            frequency_msrs: true,
+            ..HvFeatures::SYNIC
+        };
+        let f = find(&hyperv_leaves(freq, SynicMode::Kernel, 1), HV_LEAF_FEATURES);
+        assert_eq!(f.eax & EAX_FREQUENCY_MSRS, EAX_FREQUENCY_MSRS);
+        assert_eq!(f.edx, EDX_DIRECT_STIMER | EDX_FREQUENCY_MSRS_AVAILABLE);
         let none = HvFeatures {
             synic: false,
             signal_events: false,
@@ -226,8 +254,8 @@ mod tests {
     }
 
     #[test]
-    fn vcpu_cpuid_replaces_kvm_leaves_and_sets_hypervisor_bit() {
-        let supported = CpuId::from_entries(&[
+    fn apply_replaces_kvm_leaves_and_sets_hypervisor_bit() {
+        let mut cpuid = CpuId::from_entries(&[
             leaf(1, [0x806F8, 0x0001_0800, 0x0000_0001, 0]),
             leaf(
                 0x4000_0000,
@@ -237,11 +265,11 @@ mod tests {
         ])
         .unwrap();
         let hv = hyperv_leaves(HvFeatures::SYNIC, SynicMode::Userspace, 2);
-        let c = vcpu_cpuid(&supported, &hv, 1).unwrap();
-        let s = c.as_slice();
+        apply(&mut cpuid, &hv).unwrap();
+        let s = cpuid.as_slice();
         let l1 = find(s, 1);
         assert_eq!(l1.ecx, 1 | ECX_HYPERVISOR);
-        assert_eq!(l1.ebx >> 24, 1);
+        assert_eq!(l1.ebx, 0x0001_0800, "the rest of leaf 1 is untouched");
         assert_eq!(find(s, HV_LEAF_VENDOR).ebx, le(b"Micr"));
         assert_eq!(find(s, HV_LEAF_INTERFACE).eax, HV_INTERFACE_SIGNATURE);
         assert_eq!(s.iter().filter(|e| e.function == 0x4000_0000).count(), 1);

@@ -1,26 +1,25 @@
-//! The VMM's one synthetic-timer thread (userspace mode).
+//! The VM's one synthetic-timer thread (userspace mode).
 //!
 //! The SynIC model keeps every timer's schedule in its partition and exposes the next
 //! deadline; it never sleeps or spawns. [`TimerThread`] is the other half: one thread for the
-//! whole VM that calls [`Partition::poll_timers`] when the earliest deadline comes and sleeps
-//! until the next one. The vCPU threads wake it when a STIMER write may have moved a deadline
-//! earlier ([`StimerHook::stimer_changed`]); an expiry that waits for a busy slot needs no
-//! wake-up (the guest's EOM delivers it on the vCPU's own thread).
+//! whole VM that calls [`synic::Partition::poll_timers`] when the earliest deadline comes and
+//! sleeps until the next one. The vCPU threads wake it when a STIMER write may have moved a
+//! deadline earlier ([`StimerHook::stimer_changed`]); an expiry that waits for a busy slot
+//! needs no wake-up (the guest's EOM delivers it on the vCPU's own thread).
 //!
-//! [`crate::synic_vm::SynicVmBuilder`] installs one by default in userspace mode. Kernel mode
-//! does not need it: KVM runs its in-kernel timers.
+//! [`crate::VmSynicBuilder`] installs one by default in userspace mode. Kernel mode does not
+//! need it: KVM runs its in-kernel timers.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use synic::Partition;
+use synic::VpIndex;
 use synic_msr::StimerIndex;
-use vm_memory::GuestAddressSpace;
 
 use crate::error::{Error, Result};
-use crate::synic_vm::{AttachedSynic, StimerHook, SynicVp};
+use crate::stimer_hook::{StimerHook, TimerSource};
 
 /// What the timer thread has done (monotonic counters).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -59,8 +58,8 @@ impl Inner {
 }
 
 /// One thread serving every synthetic timer of a VM. Use it as the VM's [`StimerHook`]: it
-/// starts with the vCPUs, is woken by timer register writes, and stops with the VM (or when
-/// dropped).
+/// starts with the SynIC, is woken by timer register writes, and stops when the SynIC is
+/// paused or dropped (or this is dropped).
 #[derive(Debug, Default)]
 pub struct TimerThread {
     inner: Arc<Inner>,
@@ -73,18 +72,18 @@ impl TimerThread {
         Self::default()
     }
 
-    /// Starts serving `partition`'s timers (stopping a thread already running first).
-    pub fn start<M>(&self, partition: Arc<Partition<M>>) -> Result<()>
-    where
-        M: GuestAddressSpace + Send + Sync + 'static,
-    {
+    /// Starts serving `timers` (stopping a thread already running first).
+    pub fn start(&self, timers: Arc<dyn TimerSource>) -> Result<()> {
         self.stop();
         *self.inner.lock() = Wake::default();
         let inner = Arc::clone(&self.inner);
         let handle = std::thread::Builder::new()
             .name("synic-timers".into())
-            .spawn(move || run(&inner, &partition))
-            .map_err(Error::Thread)?;
+            .spawn(move || run(&inner, &*timers))
+            .map_err(|source| Error::Thread {
+                what: "synthetic timer",
+                source,
+            })?;
         *self.thread.lock().unwrap_or_else(PoisonError::into_inner) = Some(handle);
         Ok(())
     }
@@ -138,7 +137,7 @@ fn tighten_timer_slack() {
     let _ = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
 }
 
-fn run<M: GuestAddressSpace>(inner: &Inner, partition: &Partition<M>) {
+fn run(inner: &Inner, partition: &dyn TimerSource) {
     tighten_timer_slack();
     let mut target: Option<u64> = None;
     let mut wake = inner.lock();
@@ -177,25 +176,21 @@ fn run<M: GuestAddressSpace>(inner: &Inner, partition: &Partition<M>) {
 }
 
 impl StimerHook for TimerThread {
-    fn stimer_changed(&self, _vp: &mut SynicVp, _timer: StimerIndex) {
+    fn stimer_changed(&self, _vp: VpIndex, _timer: StimerIndex) {
         // The model has re-armed the timer already; only the sleep may be too long now.
         self.kick();
     }
 
-    fn restored(&self, _vp: &mut SynicVp) {
+    fn restored(&self) {
         self.kick();
     }
 
-    fn vm_started(&self, synic: &Arc<AttachedSynic>) {
-        // A thread that cannot start leaves the timers unserved: the guest's clock stops, as
-        // it would without timers. Nothing else breaks; the error is not lost silently.
-        if let Err(e) = self.start(Arc::clone(synic.partition())) {
-            eprintln!("synic-vmm: synthetic timers disabled: {e}");
-        }
+    fn start(&self, timers: Arc<dyn TimerSource>) -> Result<()> {
+        TimerThread::start(self, timers)
     }
 
-    fn vm_stopped(&self) {
-        self.stop();
+    fn stop(&self) {
+        TimerThread::stop(self);
     }
 }
 
@@ -205,7 +200,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use synic::testing::RecordingRaise;
-    use synic::{Mode, PartitionConfig, SystemReferenceClock};
+    use synic::{Mode, Partition, PartitionConfig, SystemReferenceClock};
     use synic_msr::{index, Origin, Profile, StimerConfig};
     use vm_memory::{GuestAddress, GuestMemoryMmap};
 
@@ -221,7 +216,9 @@ mod tests {
         let (partition, mut vps) = Partition::new(config, mem, raise.clone(), clock).unwrap();
         let vp = &mut vps[0];
         let timers = TimerThread::new();
-        timers.start(Arc::clone(&partition)).unwrap();
+        timers
+            .start(Arc::clone(&partition) as Arc<dyn TimerSource>)
+            .unwrap();
 
         // Direct mode (no slot to free): a 1 ms periodic timer raises about once per ms.
         vp.wrmsr(index::STIMER0_COUNT, 10_000, Origin::Guest)

@@ -1,0 +1,83 @@
+//! VM and vCPU setup for a [`SynicMode`].
+//!
+//! * [`setup_vm`]: MSR exits to userspace. In userspace mode every guest RDMSR/WRMSR of
+//!   `0x4000_0000..=0x4000_00FF` exits (an MSR filter denies them in the kernel, reason
+//!   FILTER), and so does any MSR KVM does not know (UNKNOWN) or refuses (INVAL). Kernel mode
+//!   forwards only the MSRs KVM does not know: forwarding INVAL would let userspace accept a
+//!   SynIC write the in-kernel SynIC refused.
+//! * [`setup_vcpu`]: kernel mode activates KVM's SynIC on the vCPU (`KVM_CAP_HYPERV_SYNIC2`,
+//!   which never zeroes the message and event pages, unlike version 1). Do it on every vCPU
+//!   before the SynIC's routes are built ([`crate::VmSynicBuilder::build`]): KVM maps SINTs to
+//!   GSIs for acks only for active SynICs, at a routing commit.
+
+use kvm_bindings::{
+    kvm_enable_cap, KVM_CAP_HYPERV_SYNIC2, KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_FILTER,
+    KVM_MSR_EXIT_REASON_INVAL, KVM_MSR_EXIT_REASON_UNKNOWN,
+};
+use kvm_ioctls::{MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VcpuFd, VmFd};
+use synic_msr::index::{HV_MSR_FIRST, HV_MSR_LAST};
+
+use crate::error::{kvm_err, Result};
+use crate::probe::SynicMode;
+
+/// Number of MSRs the userspace-mode filter sends to userspace (`0x4000_0000..=0x4000_00FF`).
+pub const HV_FILTER_COUNT: u32 = HV_MSR_LAST - HV_MSR_FIRST + 1;
+
+/// Enables MSR exits to userspace for `mode` on the VM (and in userspace mode the filter over
+/// the Hyper-V range). Call once, before the vCPUs run.
+pub fn setup_vm(vm: &VmFd, mode: SynicMode) -> Result<()> {
+    let reasons = match mode {
+        SynicMode::Userspace => {
+            KVM_MSR_EXIT_REASON_UNKNOWN | KVM_MSR_EXIT_REASON_INVAL | KVM_MSR_EXIT_REASON_FILTER
+        }
+        SynicMode::Kernel => KVM_MSR_EXIT_REASON_UNKNOWN,
+    };
+    let mut cap = kvm_enable_cap {
+        cap: KVM_CAP_X86_USER_SPACE_MSR,
+        ..Default::default()
+    };
+    cap.args[0] = u64::from(reasons);
+    vm.enable_cap(&cap)
+        .map_err(kvm_err("KVM_ENABLE_CAP(X86_USER_SPACE_MSR)"))?;
+    if mode == SynicMode::Userspace {
+        // A clear bit denies the access in the kernel, which with the FILTER reason enabled
+        // means: exit to userspace.
+        let deny_all = [0u8; (HV_FILTER_COUNT / 8) as usize];
+        let range = MsrFilterRange {
+            flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
+            base: HV_MSR_FIRST,
+            msr_count: HV_FILTER_COUNT,
+            bitmap: &deny_all,
+        };
+        vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &[range])
+            .map_err(kvm_err("KVM_X86_SET_MSR_FILTER"))?;
+    }
+    Ok(())
+}
+
+/// Prepares one vCPU for `mode`: kernel mode activates KVM's SynIC on it
+/// (`KVM_CAP_HYPERV_SYNIC2`); userspace mode needs nothing. Call after `KVM_SET_CPUID2`
+/// (KVM checks the Hyper-V leaves when the vCPU's Hyper-V state is created) and before
+/// [`crate::VmSynicBuilder::build`].
+pub fn setup_vcpu(vcpu: &VcpuFd, mode: SynicMode) -> Result<()> {
+    if mode == SynicMode::Kernel {
+        let cap = kvm_enable_cap {
+            cap: KVM_CAP_HYPERV_SYNIC2,
+            ..Default::default()
+        };
+        vcpu.enable_cap(&cap)
+            .map_err(kvm_err("KVM_ENABLE_CAP(HYPERV_SYNIC2)"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_filter_covers_the_hyperv_range_in_whole_bytes() {
+        assert_eq!(HV_FILTER_COUNT, 0x100);
+        assert_eq!(HV_FILTER_COUNT % 8, 0);
+    }
+}
