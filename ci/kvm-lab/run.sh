@@ -47,6 +47,8 @@ say "building test binaries and synic-vmm (release)"
   >"$out/artifacts.json" || fail "cargo test --no-run (see $out/build.log)"
 (cd "$root" && cargo build --release -q -p synic-vmm 2>>"$out/build.log") \
   || fail "cargo build --release -p synic-vmm (see $out/build.log)"
+(cd "$root" && cargo build -q -p synic-kvm --example embed 2>>"$out/build.log") \
+  || fail "cargo build -p synic-kvm --example embed (see $out/build.log)"
 target=${CARGO_TARGET_DIR:-$root/target}
 case $target in /*) ;; *) target="$root/$target";; esac
 vmm="$target/release/synic-vmm"
@@ -95,6 +97,7 @@ add_test vmm-kvm_demo synic-vmm kvm_demo --skip demo_exchanges_every_message_and
 add_test routing-kvm_guest-kernel synic-routing kvm_guest kernel_mode
 add_test routing-kvm_table synic-routing kvm_table
 add_test routing-kvm_fd_leak synic-routing kvm_fd_leak
+printf 'embed-kernel\t%s\t%s kernel\n' "$root" "$target/debug/examples/embed" >>"$suite"
 printf 'demo-kernel\t%s\t%s --mode kernel --count 3000 --timeout 60\n' "$root" "$vmm" >>"$suite"
 printf 'bench-both\t%s\t%s bench --mode both --count 2000\n' "$root" "$vmm" >>"$suite"
 
@@ -184,6 +187,8 @@ while IFS=$'\t' read -r label _; do
   case $label in
     demo-*) what=$(grep -m1 'verification:' "$last")
             [ -n "$what" ] || problems+=("no verification line");;
+    embed-*) what=$(grep -m1 'embed: PASS' "$last")
+             [ -n "$what" ] || problems+=("no PASS line");;
     bench-*) what="see the table below";;
     *) tests=$(sed -n 's/^test result: ok\. \([0-9]*\) passed.*/\1/p' "$last" | awk '{s+=$1} END {print s+0}')
        what="$tests tests passed"
