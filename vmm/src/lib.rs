@@ -34,6 +34,7 @@ pub mod linux;
 pub mod memory;
 pub mod msr;
 pub mod multiboot;
+pub mod run;
 pub mod synic_vm;
 pub mod vcpu;
 pub mod vm;

@@ -2,16 +2,14 @@
 //! (`bench`).
 
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use synic_kvm::ModeRequest;
 use synic_msr::Profile;
 use synic_vmm::bench::{self, BenchConfig};
 use synic_vmm::demo::{self, DemoConfig};
-use synic_vmm::devices::{DebugExit, FwCfg, Serial};
-use synic_vmm::layout::ports;
-use synic_vmm::{multiboot, StopReason, VcpuHandlers, Vm, VmConfig};
+use synic_vmm::run::RunConfig;
+use synic_vmm::StopReason;
 
 const USAGE: &str = "usage:
   synic-vmm [--mode auto|kernel|userspace] [--profile tlfs|kvm] [--count N] [--timeout S]
@@ -19,9 +17,13 @@ const USAGE: &str = "usage:
                                     events with the host both ways (N = 15000 of each per
                                     vCPU and direction: 120 000 in all), every one checked;
                                     exit status 1 on any loss, duplicate, reorder or timeout
-  synic-vmm run [--smp N] [--mem MiB] [--timeout S] KERNEL [ARGS..]
-                                    boot a multiboot kernel; its COM1 output goes to stdout
-                                    and the exit status is QEMU isa-debug-exit's (value << 1 | 1)
+  synic-vmm run [--mode auto|kernel|userspace] [--profile tlfs|kvm] [--no-hyperv] [--smp N]
+                [--mem MiB] [--timeout S] KERNEL [ARGS..]
+                                    boot a multiboot kernel with the SynIC (Hyper-V CPUID,
+                                    synthetic timers, hyperv-testdev at 0x3000; --no-hyperv:
+                                    a plain PC); COM1 goes to stdout; the exit status is
+                                    isa-debug-exit's (value << 1 | 1), 4 for a guest that shut
+                                    down (triple fault), 124 at the time limit
   synic-vmm bench [--mode auto|kernel|userspace|both] [--profile ..] [--count N]
                                     print the round-trip table (raw irqfd floor vs SynIC;
                                     N = 5000 round trips per kind per round, 3 rounds);
@@ -30,29 +32,41 @@ const USAGE: &str = "usage:
 
 /// Exit status for usage and setup errors.
 const EXIT_ERROR: u8 = 2;
-/// Exit status when the time limit stopped the guest (as timeout(1)).
-const EXIT_TIMEOUT: u8 = 124;
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 
-struct RunArgs {
-    smp: u32,
-    mem_mib: u64,
-    timeout: Option<Duration>,
-    kernel: String,
-    args: Vec<String>,
+fn parse_mode(v: &str) -> Result<ModeRequest, String> {
+    match v {
+        "auto" => Ok(ModeRequest::Auto),
+        "kernel" => Ok(ModeRequest::Kernel),
+        "userspace" | "user" => Ok(ModeRequest::Userspace),
+        other => Err(format!("--mode {other}: auto, kernel or userspace")),
+    }
 }
 
-fn parse_run(mut argv: impl Iterator<Item = String>) -> Result<RunArgs, String> {
-    let mut r = RunArgs {
-        smp: 1,
-        mem_mib: 128,
-        timeout: None,
-        kernel: String::new(),
-        args: Vec::new(),
-    };
+fn parse_profile(v: &str) -> Result<Profile, String> {
+    match v {
+        "tlfs" => Ok(Profile::Tlfs),
+        "kvm" => Ok(Profile::Kvm),
+        other => Err(format!("--profile {other}: tlfs or kvm")),
+    }
+}
+
+fn parse_seconds(name: &str, v: &str) -> Result<Duration, String> {
+    v.parse()
+        .ok()
+        .filter(|s: &f64| *s > 0.0 && s.is_finite())
+        .map(Duration::from_secs_f64)
+        .ok_or(format!("{name} {v}: not a number of seconds"))
+}
+
+fn parse_run(mut argv: impl Iterator<Item = String>) -> Result<RunConfig, String> {
+    let mut r = RunConfig::default();
     while let Some(a) = argv.next() {
         let mut value = |name: &str| argv.next().ok_or_else(|| format!("{name} needs a value"));
         match a.as_str() {
+            "--mode" => r.mode = parse_mode(&value("--mode")?)?,
+            "--profile" => r.profile = parse_profile(&value("--profile")?)?,
+            "--no-hyperv" => r.hyperv = false,
             "--smp" => {
                 let v = value("--smp")?;
                 r.smp = v
@@ -69,15 +83,7 @@ fn parse_run(mut argv: impl Iterator<Item = String>) -> Result<RunArgs, String> 
                     .filter(|&n| n > 0)
                     .ok_or(format!("--mem {v}: not a size in MiB"))?;
             }
-            "--timeout" => {
-                let v = value("--timeout")?;
-                let s: f64 = v
-                    .parse()
-                    .ok()
-                    .filter(|s: &f64| *s > 0.0 && s.is_finite())
-                    .ok_or(format!("--timeout {v}: not a number of seconds"))?;
-                r.timeout = Some(Duration::from_secs_f64(s));
-            }
+            "--timeout" => r.timeout = Some(parse_seconds("--timeout", &value("--timeout")?)?),
             s if s.starts_with("--") => return Err(format!("unknown option {s}")),
             _ => {
                 r.kernel = a;
@@ -89,68 +95,40 @@ fn parse_run(mut argv: impl Iterator<Item = String>) -> Result<RunArgs, String> 
     Err("run needs a KERNEL".into())
 }
 
-fn run(args: RunArgs) -> Result<ExitCode, String> {
+fn run(config: RunConfig) -> Result<ExitCode, String> {
     let image =
-        std::fs::read(&args.kernel).map_err(|e| format!("cannot read {}: {e}", args.kernel))?;
-    let config = VmConfig {
-        vcpus: args.smp,
-        mem_size: args.mem_mib << 20,
-        ..VmConfig::default()
-    };
-    let mut vm = Vm::new(config).map_err(|e| e.to_string())?;
-    let stdout = Box::new(std::io::stdout());
-    let devices: [(u16, u16, Arc<dyn synic_vmm::PortDevice>); 3] = [
-        (ports::COM1, 8, Arc::new(Serial::new(ports::COM1, stdout))),
-        (
-            ports::DEBUG_EXIT,
-            1,
-            Arc::new(DebugExit::new(vm.control().clone())),
-        ),
-        (
-            ports::FW_CFG_SELECTOR,
-            2,
-            Arc::new(FwCfg::new(args.smp as u16, config.mem_size)),
-        ),
-    ];
-    for (port, len, dev) in devices {
-        vm.add_device(port, len, dev).map_err(|e| e.to_string())?;
-    }
-    // QEMU passes the kernel's name as the first word of the command line.
-    let cmdline = std::iter::once(args.kernel.as_str())
-        .chain(args.args.iter().map(String::as_str))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let entry = multiboot::load(vm.memory(), &image, &cmdline)
-        .map_err(|e| format!("{}: {e}", args.kernel))?;
-    vm.boot_protected_mode(entry).map_err(|e| e.to_string())?;
-    let running = vm
-        .start(VcpuHandlers::without_synic)
-        .map_err(|e| e.to_string())?;
-    let out = running.wait_with_progress(args.timeout, PROGRESS_INTERVAL, |elapsed, exits| {
-        eprintln!(
-            "synic-vmm: still running after {} s ({} exits to userspace)",
-            elapsed.as_secs(),
-            exits.iter().sum::<u64>()
-        );
-    });
+        std::fs::read(&config.kernel).map_err(|e| format!("cannot read {}: {e}", config.kernel))?;
+    let report = synic_vmm::run::run(
+        &config,
+        &image,
+        Box::new(std::io::stdout()),
+        PROGRESS_INTERVAL,
+        |elapsed, exits| {
+            eprintln!(
+                "synic-vmm: still running after {} s ({exits} exits to userspace)",
+                elapsed.as_secs()
+            )
+        },
+    )
+    .map_err(|e| format!("{}: {e}", config.kernel))?;
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    match out.reason {
-        StopReason::DebugExit(v) => Ok(ExitCode::from(DebugExit::qemu_status(v) as u8)),
-        StopReason::Timeout => {
-            eprintln!(
-                "synic-vmm: time limit reached after {:.1} s, guest stopped",
-                out.elapsed.as_secs_f64()
-            );
-            Ok(ExitCode::from(EXIT_TIMEOUT))
+    match &report.outcome.reason {
+        StopReason::Timeout => eprintln!(
+            "synic-vmm: time limit reached after {:.1} s, guest stopped",
+            report.outcome.elapsed.as_secs_f64()
+        ),
+        StopReason::Shutdown { vcpu, rip, rsp } => eprintln!(
+            "synic-vmm: vCPU {vcpu} shut down (triple fault) at RIP {rip:#x}, RSP {rsp:#x}"
+        ),
+        StopReason::SystemEvent { vcpu, kind } => {
+            eprintln!("synic-vmm: vCPU {vcpu} reported system event {kind}")
         }
-        StopReason::Shutdown { vcpu, rip, rsp } => {
-            eprintln!(
-                "synic-vmm: vCPU {vcpu} shut down (triple fault) at RIP {rip:#x}, RSP {rsp:#x}"
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        other => Err(format!("guest stopped: {other:?}")),
+        _ => {}
+    }
+    match report.exit_status() {
+        Some(code) => Ok(ExitCode::from(code)),
+        None => Err(format!("guest stopped: {:?}", report.outcome.reason)),
     }
 }
 
@@ -181,20 +159,13 @@ fn parse_options(argv: impl Iterator<Item = String>) -> Result<Options, String> 
             "--mode" => {
                 let v = value("--mode")?;
                 o.both_modes = v == "both";
-                o.mode = match v.as_str() {
-                    "auto" | "both" => ModeRequest::Auto,
-                    "kernel" => ModeRequest::Kernel,
-                    "userspace" | "user" => ModeRequest::Userspace,
-                    other => return Err(format!("--mode {other}: auto, kernel or userspace")),
-                }
+                o.mode = if o.both_modes {
+                    ModeRequest::Auto
+                } else {
+                    parse_mode(&v)?
+                };
             }
-            "--profile" => {
-                o.profile = match value("--profile")?.as_str() {
-                    "tlfs" => Profile::Tlfs,
-                    "kvm" => Profile::Kvm,
-                    other => return Err(format!("--profile {other}: tlfs or kvm")),
-                }
-            }
+            "--profile" => o.profile = parse_profile(&value("--profile")?)?,
             "--count" => {
                 let v = value("--count")?;
                 o.count = Some(
@@ -204,15 +175,7 @@ fn parse_options(argv: impl Iterator<Item = String>) -> Result<Options, String> 
                         .ok_or(format!("--count {v}: not a positive number"))?,
                 );
             }
-            "--timeout" => {
-                let v = value("--timeout")?;
-                let s: f64 = v
-                    .parse()
-                    .ok()
-                    .filter(|s: &f64| *s > 0.0 && s.is_finite())
-                    .ok_or(format!("--timeout {v}: not a number of seconds"))?;
-                o.timeout = Some(Duration::from_secs_f64(s));
-            }
+            "--timeout" => o.timeout = Some(parse_seconds("--timeout", &value("--timeout")?)?),
             other => return Err(format!("unknown option {other}\n{USAGE}")),
         }
     }

@@ -8,6 +8,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use common::kernel::{self, kernel};
+use common::synic_kernel;
 use common::{kvm_available, rig, RUN_LIMIT};
 use synic_vmm::devices::{DebugExit, FwCfg};
 use synic_vmm::layout::ports;
@@ -116,4 +117,113 @@ fn cli_reports_clear_errors() {
     let (code, err) = run(&["frobnicate"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("usage"), "{err}");
+}
+
+fn run_synic_kernel(args: &[&str]) -> (Option<i32>, String, String) {
+    let dir = std::env::temp_dir().join(format!("synic-vmm-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("synic-kernel.elf");
+    std::fs::write(&path, synic_kernel::kernel()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_synic-vmm"))
+        .arg("run")
+        .args(args)
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `synic-vmm run` gives a multiboot kernel the SynIC: the kernel enables it, takes a message it
+/// posted through a hyperv-testdev connection and a synthetic-timer expiry, and passes.
+fn synic_kernel_passes(args: &[&str]) {
+    let (code, stdout, stderr) = run_synic_kernel(args);
+    assert_eq!(
+        stdout, "long mode\nsynic up\ntest-device message taken\ntimer expiry taken\nPASS\n",
+        "stderr: {stderr}"
+    );
+    assert_eq!(
+        code,
+        Some(DebugExit::qemu_status(synic_kernel::PASS)),
+        "stderr: {stderr}"
+    );
+}
+
+#[test]
+fn run_gives_a_multiboot_kernel_the_synic_tlfs_profile() {
+    if !kvm_available() {
+        return;
+    }
+    synic_kernel_passes(&[
+        "--mode",
+        "userspace",
+        "--profile",
+        "tlfs",
+        "--timeout",
+        "30",
+    ]);
+}
+
+#[test]
+fn run_gives_a_multiboot_kernel_the_synic_kvm_profile() {
+    if !kvm_available() {
+        return;
+    }
+    synic_kernel_passes(&["--mode", "userspace", "--profile", "kvm", "--timeout", "30"]);
+}
+
+#[test]
+fn run_gives_a_multiboot_kernel_the_synic_kernel_mode() {
+    if !kvm_available() {
+        return;
+    }
+    let kernel = synic_kvm::Capabilities::probe_host()
+        .is_ok_and(|c| c.choose_mode(synic_kvm::ModeRequest::Kernel).is_ok());
+    if !kernel {
+        eprintln!("\n!!!! SKIPPED: KVM_CAP_HYPERV_SYNIC2 is absent, kernel mode did not run (kvm-lab runs it) !!!!\n");
+        return;
+    }
+    synic_kernel_passes(&["--mode", "kernel", "--timeout", "120"]);
+}
+
+#[test]
+fn without_hyperv_the_kernel_sees_no_synic_and_says_so() {
+    if !kvm_available() {
+        return;
+    }
+    let (code, stdout, stderr) = run_synic_kernel(&["--no-hyperv", "--timeout", "30"]);
+    assert_eq!(stdout, "long mode\n", "stderr: {stderr}");
+    assert_eq!(
+        code,
+        Some(DebugExit::qemu_status(synic_kernel::FAIL_CPUID)),
+        "stderr: {stderr}"
+    );
+}
+
+#[test]
+fn a_guest_triple_fault_is_a_failure_exit_status() {
+    if !kvm_available() {
+        return;
+    }
+    // `ud2` with no IDT (the multiboot entry state): #UD, #DF, triple fault.
+    let image = synic_vmm::multiboot::elf32_kernel(kernel::LOAD_ADDR, &[0x0F, 0x0B], 0);
+    let dir = std::env::temp_dir().join(format!("synic-vmm-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("triple-fault.elf");
+    std::fs::write(&path, image).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_synic-vmm"))
+        .args(["run", "--timeout", "20"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(synic_vmm::run::EXIT_GUEST_SHUTDOWN)),
+        "stderr: {stderr}"
+    );
+    assert!(stderr.contains("triple fault"), "{stderr}");
 }

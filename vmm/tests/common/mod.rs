@@ -80,6 +80,7 @@ pub fn drain(rx: &Receiver<Report>) -> Vec<Report> {
     rx.try_iter().collect()
 }
 pub mod kernel;
+pub mod synic_kernel;
 
 /// A SynIC VM with the report port and isa-debug-exit.
 pub struct SynicRig {
