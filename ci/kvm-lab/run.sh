@@ -94,6 +94,7 @@ add_test e2e-timers-kernel synic-e2e timers ::kernel
 add_test vmm-kvm_kernel_mode synic-vmm kvm_kernel_mode
 add_test vmm-kvm_synic synic-vmm kvm_synic
 add_test vmm-kvm_multiboot-kernel synic-vmm kvm_multiboot kernel_mode
+add_test vmm-kvm_routing_owner-kernel synic-vmm kvm_routing_owner kernel_mode
 add_test vmm-kvm_demo synic-vmm kvm_demo --skip demo_exchanges_every_message_and_event_once_and_in_order
 add_test routing-kvm_guest-kernel synic-routing kvm_guest kernel_mode
 add_test routing-kvm_table synic-routing kvm_table

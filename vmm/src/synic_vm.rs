@@ -29,6 +29,7 @@
 //! # let _ = (outcome, state); Ok(()) }
 //! ```
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +37,7 @@ use synic::SintIndex;
 use synic_kvm::testdev::TestDev;
 use synic_kvm::{HvFeatures, ModeRequest, StimerHook, SynicMode, SynicState, VmSynicBuilder};
 use synic_msr::Profile;
+use synic_routing::GsiRoutingOwner;
 
 use crate::control::VmControl;
 use crate::devices::HvTestDev;
@@ -70,6 +72,7 @@ pub struct SynicVmBuilder {
     routed_sints: Vec<SintIndex>,
     testdev: bool,
     stimer_hook: Option<Arc<dyn StimerHook>>,
+    delegated: Option<(Arc<dyn GsiRoutingOwner>, Range<u32>)>,
 }
 
 impl std::fmt::Debug for SynicVmBuilder {
@@ -107,6 +110,7 @@ impl SynicVmBuilder {
             routed_sints: SintIndex::ALL.to_vec(),
             testdev: false,
             stimer_hook: None,
+            delegated: None,
         }
     }
 
@@ -168,22 +172,42 @@ impl SynicVmBuilder {
         self
     }
 
+    /// The VM's GSI routing table belongs to `owner` (as in a VMM with its own interrupt
+    /// manager): the SINT routes take GSIs from `gsis` and every change of them goes to `owner`
+    /// ([`VmSynicBuilder::delegate_routing`]).
+    pub fn delegate_routing(mut self, owner: Arc<dyn GsiRoutingOwner>, gsis: Range<u32>) -> Self {
+        self.delegated = Some((owner, gsis));
+        self
+    }
+
     /// Builds the VM and attaches the SynIC.
     pub fn build(self) -> Result<SynicVm> {
-        let mut vm = Vm::new(VmConfig {
+        let vm = Vm::new(VmConfig {
             vcpus: self.vcpus,
             mem_size: self.mem_size,
             mode: self.mode,
             features: self.features,
         })?;
-        let mut synic = VmSynicBuilder::new(vm.mode(), self.vcpus)
+        self.attach(vm)
+    }
+
+    /// Attaches the SynIC to `vm`, built with [`Vm::new`] and not started: the VM's mode,
+    /// vCPU count and CPUID features are used (this builder's `vcpus`, `memory`, `mode` and
+    /// `features` are not). For a VM that needed something of its own before the SynIC is
+    /// wired, e.g. a routing owner over its VM fd ([`delegate_routing`](Self::delegate_routing)).
+    pub fn attach(self, mut vm: Vm) -> Result<SynicVm> {
+        let vcpus = vm.config().vcpus;
+        let mut synic = VmSynicBuilder::new(vm.mode(), vcpus)
             .profile(self.profile)
             .queue_capacity(self.queue_capacity)
             .routed_sints(&self.routed_sints);
         if let Some(hook) = self.stimer_hook {
             synic = synic.stimer_hook(hook);
         }
-        if self.features.frequency_msrs {
+        if let Some((owner, gsis)) = self.delegated {
+            synic = synic.delegate_routing(owner, gsis);
+        }
+        if vm.config().features.frequency_msrs {
             let khz = vm
                 .vcpu(0)
                 .ok_or(Error::AlreadyStarted)?
