@@ -153,8 +153,6 @@ fn msix_mask_pending_and_function_mask_with_real_irqfds() {
     assert_eq!(guest.stop(), Vec::<u8>::new(), "extra interrupts");
 }
 
-const HV_X64_MSR_SINT0: u32 = 0x4000_0090;
-
 #[test]
 fn kernel_mode_hv_sint_interrupts_and_eoi_acks() {
     if !kvm_available("kernel_mode_hv_sint_interrupts_and_eoi_acks") {
@@ -173,7 +171,7 @@ fn kernel_mode_hv_sint_interrupts_and_eoi_acks() {
     table.mark_synic_active(VpIndex(0));
     // SINT2 -> vector 0x40 (unmasked, EOI'd by the guest); SINT3 stays masked.
     let sint2 = kvm_msr_entry {
-        index: HV_X64_MSR_SINT0 + 2,
+        index: synic_msr::index::SINT0 + 2,
         data: 0x40,
         ..Default::default()
     };

@@ -7,17 +7,13 @@
 //! registers they clobber; R14/R15 are never touched.
 
 use iced_x86::code_asm::*;
-use iced_x86::IcedError;
+use synic::hypercall::{HypercallControl, HVCALL_POST_MESSAGE, HVCALL_SIGNAL_EVENT};
 use synic_msr::index;
 use synic_vmm::guest::{self, GuestBuilder, GuestProgram};
 use synic_vmm::{Error, Result, Vm};
 
 use crate::handlers::{self, Handler, HandlerKind};
 use crate::layout::{self, ports, state, tag, AREA_BASE, AREA_SHIFT};
-
-pub(crate) fn asm_err(e: IcedError) -> Error {
-    Error::Assemble(e.to_string())
-}
 
 /// How a message handler ends an interrupt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -89,12 +85,10 @@ impl PostInput {
     }
 }
 
-/// HvPostMessage call code.
-pub const HVCALL_POST_MESSAGE: u64 = 0x5C;
-/// HvSignalEvent call code.
-pub const HVCALL_SIGNAL_EVENT: u64 = 0x5D;
-/// The Fast bit of the hypercall input value.
-pub const HV_FAST: u64 = 1 << 16;
+/// The control value (RCX) of a simple call: `code`, memory or fast form.
+pub const fn control(code: u16, fast: bool) -> u64 {
+    HypercallControl::simple(code, fast).0
+}
 
 /// A toolkit program plus the e2e handlers and their IDT gates.
 #[derive(Debug)]
@@ -142,11 +136,14 @@ impl SynicGuest {
     }
 
     /// Runs `f` on the assembler.
-    pub fn emit(
+    pub fn emit<E>(
         &mut self,
-        f: impl FnOnce(&mut CodeAssembler) -> std::result::Result<(), IcedError>,
-    ) -> Result<()> {
-        f(self.g.asm()).map_err(asm_err)
+        f: impl FnOnce(&mut CodeAssembler) -> std::result::Result<(), E>,
+    ) -> Result<()>
+    where
+        Error: From<E>,
+    {
+        Ok(f(self.g.asm())?)
     }
 
     /// A new label (for [`SynicGuest::emit`] and [`SynicGuest::jump_unless_cpu`]).
@@ -381,7 +378,7 @@ impl SynicGuest {
                 a.mov(qword_ptr(rdi + 16 + i * 8), rax)?;
                 a.inc(rax)?;
             }
-            a.mov(rcx, HVCALL_POST_MESSAGE)?;
+            a.mov(rcx, control(HVCALL_POST_MESSAGE, false))?;
             a.mov(rdx, rdi)?;
             area_address(a, r8, layout::HC_OUTPUT)?;
             call_hypercall_page(a)
@@ -392,7 +389,7 @@ impl SynicGuest {
     /// Clobbers RAX, RCX, RDX, R8.
     pub fn signal_event_fast(&mut self, connection_id: u32, flag: u16) -> Result<()> {
         self.hypercall_raw(
-            HVCALL_SIGNAL_EVENT | HV_FAST,
+            control(HVCALL_SIGNAL_EVENT, true),
             u64::from(connection_id) | u64::from(flag) << 32,
         )
     }
@@ -410,7 +407,7 @@ impl SynicGuest {
             a.mov(dword_ptr(rdx), connection_id)?;
             a.mov(word_ptr(rdx + 4), u32::from(flag))?;
             a.mov(word_ptr(rdx + 6), 0u32)?;
-            a.mov(rcx, HVCALL_SIGNAL_EVENT)?;
+            a.mov(rcx, control(HVCALL_SIGNAL_EVENT, false))?;
             a.xor(r8, r8)?;
             call_hypercall_page(a)
         })
@@ -458,7 +455,7 @@ impl SynicGuest {
             area_address(a, rax, layout::STATE + state::POLLED)?;
             a.inc(qword_ptr(rax))?;
             a.set_label(&mut done)?;
-            a.nop()
+            Ok::<_, Error>(a.nop()?)
         })
     }
 
@@ -611,7 +608,7 @@ impl SynicGuest {
     /// Assembles the program: main code, then the e2e handlers, then the toolkit's.
     pub fn build(mut self) -> Result<SynicProgram> {
         self.g.halt()?;
-        let labels = handlers::emit(self.g.asm(), &self.handlers).map_err(asm_err)?;
+        let labels = handlers::emit(self.g.asm(), &self.handlers)?;
         let vectors = labels.iter().map(|&(v, _)| v).collect();
         for (vector, label) in labels {
             self.g.gate(vector, label)?;
@@ -631,7 +628,7 @@ pub(crate) fn area_address(
     a: &mut CodeAssembler,
     reg: AsmRegister64,
     offset: u64,
-) -> std::result::Result<(), IcedError> {
+) -> std::result::Result<(), iced_x86::IcedError> {
     assert!(
         offset < layout::AREA_SIZE,
         "offset {offset:#x} is outside a vCPU area"
@@ -642,7 +639,6 @@ pub(crate) fn area_address(
     a.add(reg, (AREA_BASE + offset) as i32)
 }
 
-fn call_hypercall_page(a: &mut CodeAssembler) -> std::result::Result<(), IcedError> {
-    a.mov(rax, guest::layout::HYPERCALL_PAGE)?;
-    a.call(rax)
+fn call_hypercall_page(a: &mut CodeAssembler) -> Result<()> {
+    synic_vmm::guest::synic::call_hypercall_page(a, guest::layout::HYPERCALL_PAGE)
 }

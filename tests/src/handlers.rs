@@ -2,12 +2,12 @@
 //! atomically. They run on the vCPU's own area (from R15) and keep every register.
 
 use iced_x86::code_asm::*;
-use iced_x86::IcedError;
+use synic_vmm::guest::synic::{apic_eoi as eoi, eom};
 
 use crate::guest::{area_address, Eoi};
 use crate::layout::{self, state, LOG_CAP, LOG_SHIFT};
 
-type AsmResult<T> = std::result::Result<T, IcedError>;
+type AsmResult<T> = synic_vmm::Result<T>;
 
 /// What a handler does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -29,11 +29,6 @@ pub(crate) struct Handler {
 }
 
 const SAVED: [AsmRegister64; 6] = [rax, rbx, rcx, rdx, rsi, rdi];
-
-fn eoi(a: &mut CodeAssembler) -> AsmResult<()> {
-    a.mov(rax, synic_vmm::layout::LAPIC_ADDR)?;
-    a.mov(dword_ptr(rax + 0xB0), 0u32)
-}
 
 /// Emits every handler; returns (vector, entry label) pairs.
 pub(crate) fn emit(a: &mut CodeAssembler, handlers: &[Handler]) -> AsmResult<Vec<(u8, CodeLabel)>> {
@@ -69,7 +64,7 @@ pub(crate) fn emit(a: &mut CodeAssembler, handlers: &[Handler]) -> AsmResult<Vec
 /// `state.SINT_MSG_IRQS[rbx] += 1`. Clobbers RAX.
 fn count_message_irq(a: &mut CodeAssembler) -> AsmResult<()> {
     area_address(a, rax, layout::STATE + state::SINT_MSG_IRQS)?;
-    a.inc(qword_ptr(rax + rbx * 8))
+    Ok(a.inc(qword_ptr(rax + rbx * 8))?)
 }
 
 /// Takes SINT `rbx`'s message, in the TLFS order: copy it out (to the log), set the type to
@@ -121,12 +116,9 @@ pub(crate) fn take_message(a: &mut CodeAssembler, apic_eoi: bool) -> AsmResult<(
     a.je(out)?;
     a.inc(qword_ptr(rdx + state::PENDING_SEEN as i32))?;
     a.inc(qword_ptr(rdx + state::EOMS as i32))?;
-    a.mov(ecx, synic_msr::index::EOM)?;
-    a.xor(eax, eax)?;
-    a.xor(edx, edx)?;
-    a.wrmsr()?;
+    eom(a)?;
     a.set_label(&mut out)?;
-    a.nop()
+    Ok(a.nop()?)
 }
 
 /// Takes every set event flag of SINT `rbx` with locked exchanges, ORs them into the

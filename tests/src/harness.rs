@@ -12,6 +12,7 @@ use synic_kvm::{HvFeatures, ModeRequest, SynicMode, SynicState};
 use synic_vmm::devices::{DebugExit, Report, ReportPort};
 use synic_vmm::guest::tag as toolkit_tag;
 use synic_vmm::layout::ports as vmm_ports;
+use synic_vmm::snapshot::VcpuSnapshot;
 use synic_vmm::synic_vm::{
     RunningSynicVm, SynicMemory, SynicPartition, SynicVm, SynicVmBuilder, VmSynic,
 };
@@ -369,6 +370,12 @@ impl Prepared {
         self.vm.vm_mut()
     }
 
+    /// Puts the vCPU states of a paused VM ([`Running::pause`]) into this one's vCPUs, guest
+    /// RAM already in place.
+    pub fn restore_vcpus(&mut self, snapshots: &[VcpuSnapshot]) -> synic_vmm::Result<()> {
+        self.vm.restore_vcpus(snapshots)
+    }
+
     /// Restores a saved SynIC state before the start ([`SynicVm::restore`]: in kernel mode
     /// KVM's registers and clock too), guest RAM already in place.
     pub fn restore(&mut self, state: &SynicState) -> synic_vmm::Result<()> {
@@ -390,6 +397,22 @@ impl Running {
     /// The host side.
     pub fn host(&self) -> &Arc<Host> {
         &self.host
+    }
+
+    /// Pauses the running VM (every vCPU parked, the SynIC's timers stopped): a moment to
+    /// save the SynIC, the vCPUs and RAM.
+    pub fn pause(&self) -> synic_vmm::Result<()> {
+        self.running.pause(self.limit)
+    }
+
+    /// The vCPUs' state in the current pause.
+    pub fn vcpu_snapshots(&self) -> synic_vmm::Result<Vec<VcpuSnapshot>> {
+        self.running.vcpu_snapshots()
+    }
+
+    /// Ends a pause.
+    pub fn resume(&self) -> synic_vmm::Result<()> {
+        self.running.resume()
     }
 
     /// Waits until the VM stops or the spec's limit passes.

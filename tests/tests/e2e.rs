@@ -51,4 +51,5 @@ every_setup! {
     cross_vcpu_post_and_signal => hypercalls::cross_vcpu_post_and_signal;
     test_device_protocol => hypercalls::test_device_protocol;
     save_restore_mid_traffic => save_restore::save_restore_mid_traffic;
+    pause_save_resume_mid_traffic => save_restore::pause_save_resume_mid_traffic;
 }

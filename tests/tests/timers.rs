@@ -21,7 +21,7 @@ use synic_vmm::guest::Isr;
 /// 1 ms in 100 ns units.
 const PERIOD: u64 = 10_000;
 const SINT: u8 = 2;
-const HVMSG_TIMER_EXPIRED: u32 = 0x8000_0010;
+const HVMSG_TIMER_EXPIRED: u32 = synic::MessageType::TIMER_EXPIRED.0;
 
 fn config_msr(timer: u32) -> u32 {
     index::STIMER0_CONFIG + 2 * timer

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::snapshot::VcpuSnapshot;
+
 /// Why a VM stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StopReason {
@@ -60,6 +62,8 @@ pub struct VmControl {
 struct Pause {
     /// vCPUs parked now.
     parked: u32,
+    /// Each vCPU's state as it parked last (or why it could not be read).
+    snapshots: Vec<Option<std::result::Result<VcpuSnapshot, String>>>,
 }
 
 impl VmControl {
@@ -73,7 +77,10 @@ impl VmControl {
             notify_rx,
             exits: (0..vcpus).map(|_| AtomicU64::new(0)).collect(),
             pausing: AtomicBool::new(false),
-            pause: Mutex::new(Pause::default()),
+            pause: Mutex::new(Pause {
+                parked: 0,
+                snapshots: vec![None; vcpus as usize],
+            }),
             pause_cv: Condvar::new(),
         }
     }
@@ -92,9 +99,12 @@ impl VmControl {
         self.pausing.store(true, Ordering::SeqCst);
     }
 
-    /// On a vCPU thread: parks until the pause ends or the VM stops.
-    pub(crate) fn park(&self, _vcpu: u32) {
+    /// On a vCPU thread: records its state, then parks until the pause ends or the VM stops.
+    pub(crate) fn park(&self, vcpu: u32, snapshot: std::result::Result<VcpuSnapshot, String>) {
         let mut p = self.pause_state();
+        if let Some(slot) = p.snapshots.get_mut(vcpu as usize) {
+            *slot = Some(snapshot);
+        }
         p.parked += 1;
         self.pause_cv.notify_all();
         while self.pause_requested() && !self.stopping() {
@@ -108,11 +118,26 @@ impl VmControl {
         self.pause_cv.notify_all();
     }
 
-    /// Ends a pause: parked vCPUs run again.
+    /// Ends a pause: parked vCPUs run again (their snapshots are forgotten).
     pub(crate) fn resume(&self) {
-        let _p = self.pause_state();
+        let mut p = self.pause_state();
+        p.snapshots.iter_mut().for_each(|s| *s = None);
         self.pausing.store(false, Ordering::SeqCst);
         self.pause_cv.notify_all();
+    }
+
+    /// Every vCPU's state from the current pause, in vCPU order.
+    pub(crate) fn snapshots(&self) -> std::result::Result<Vec<VcpuSnapshot>, String> {
+        let p = self.pause_state();
+        p.snapshots
+            .iter()
+            .enumerate()
+            .map(|(n, s)| match s {
+                Some(Ok(s)) => Ok(s.clone()),
+                Some(Err(e)) => Err(format!("vCPU {n}: {e}")),
+                None => Err(format!("vCPU {n} has not parked")),
+            })
+            .collect()
     }
 
     /// Waits up to `timeout` for `count` vCPUs to be parked.

@@ -75,6 +75,12 @@ pub enum Error {
     Routing(#[from] synic_routing::Error),
 }
 
+impl From<iced_x86::IcedError> for Error {
+    fn from(e: iced_x86::IcedError) -> Self {
+        Error::Assemble(e.to_string())
+    }
+}
+
 /// Shorthand for this crate's results.
 pub type Result<T> = std::result::Result<T, Error>;
 

@@ -35,6 +35,7 @@ pub mod memory;
 pub mod msr;
 pub mod multiboot;
 pub mod run;
+pub mod snapshot;
 pub mod synic_vm;
 pub mod vcpu;
 pub mod vm;

@@ -44,6 +44,7 @@ use crate::devices::HvTestDev;
 use crate::error::{kvm_err, Error, Result};
 use crate::layout::ports;
 use crate::memory::GuestMemory;
+use crate::snapshot::VcpuSnapshot;
 use crate::vcpu::VcpuHandlers;
 use crate::vm::{RunOutcome, RunningVm, Vm, VmConfig};
 
@@ -277,6 +278,11 @@ impl SynicVm {
         Ok(self.synic.restore_with_downtime(state, &fds, downtime)?)
     }
 
+    /// Puts the vCPU states of a paused VM into this one's vCPUs, before start.
+    pub fn restore_vcpus(&mut self, snapshots: &[VcpuSnapshot]) -> Result<()> {
+        self.vm.restore_vcpus(snapshots)
+    }
+
     /// Starts the vCPUs, each with its [`synic_kvm::VcpuSynic`].
     pub fn start(self) -> Result<RunningSynicVm> {
         self.start_with(|_, handlers| handlers)
@@ -353,6 +359,12 @@ impl RunningSynicVm {
         }
         self.synic.pause();
         Ok(())
+    }
+
+    /// Every vCPU's state from the current pause (to restore into a new VM with
+    /// [`SynicVm::restore_vcpus`]).
+    pub fn vcpu_snapshots(&self) -> Result<Vec<VcpuSnapshot>> {
+        self.inner().vcpu_snapshots()
     }
 
     /// Ends a pause: the SynIC first, then the vCPUs.

@@ -11,6 +11,7 @@ use crate::control::{StopReason, VmControl};
 use crate::io::IoBus;
 use crate::kick;
 use crate::msr::{MsrHandler, VpIndexOnly};
+use crate::snapshot::VcpuSnapshot;
 use crate::synic_vm::SynicMemory;
 
 /// Sees what the SynIC did with a vCPU's hypercalls and `KVM_EXIT_HYPERV` exits, after it did
@@ -171,7 +172,8 @@ impl VcpuRunner {
         }
         stats.pauses += 1;
         self.capture();
-        self.control.park(self.index);
+        let snapshot = VcpuSnapshot::capture(&self.fd).map_err(|e| e.to_string());
+        self.control.park(self.index, snapshot);
         Ok(())
     }
 

@@ -16,6 +16,7 @@ use crate::error::{kvm_err, Error, Result};
 use crate::io::{IoBus, PortDevice};
 use crate::layout::{KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
 use crate::memory::{self, GuestMemory};
+use crate::snapshot::VcpuSnapshot;
 use crate::vcpu::{VcpuHandlers, VcpuRunner, VcpuStats};
 use crate::{kick, lapic};
 
@@ -216,6 +217,23 @@ impl Vm {
         bsp.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))
     }
 
+    /// Puts vCPU states taken by [`RunningVm::vcpu_snapshots`] into this VM's vCPUs, before
+    /// start (the RAM must be in place: the APIC state refers to nothing in it, but the
+    /// registers do).
+    pub fn restore_vcpus(&mut self, snapshots: &[VcpuSnapshot]) -> Result<()> {
+        if snapshots.len() != self.vcpus.len() {
+            return Err(Error::Config(format!(
+                "{} vCPU snapshots for {} vCPUs",
+                snapshots.len(),
+                self.vcpus.len()
+            )));
+        }
+        for (fd, s) in self.vcpus.iter().zip(snapshots) {
+            s.restore(fd)?;
+        }
+        Ok(())
+    }
+
     /// The vCPU fds, before start (to restore a saved SynIC state into them).
     pub fn vcpu_fds(&self) -> Vec<&VcpuFd> {
         self.vcpus.iter().collect()
@@ -319,6 +337,11 @@ impl RunningVm {
     /// Ends a pause.
     pub fn resume(&self) {
         self.control.resume();
+    }
+
+    /// Every vCPU's state as it parked in the current pause, in vCPU order.
+    pub fn vcpu_snapshots(&self) -> Result<Vec<VcpuSnapshot>> {
+        self.control.snapshots().map_err(Error::Config)
     }
 
     /// Waits until the VM stops or `timeout` passes (then stops it with

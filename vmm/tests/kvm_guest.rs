@@ -17,8 +17,7 @@ use synic_vmm::msr::{MsrError, VpIndexOnly};
 use synic_vmm::synic_vm::SynicVmBuilder;
 use synic_vmm::{ExitObserver, MsrHandler, StopReason, VcpuHandlers, VmConfig};
 
-const SCONTROL: u32 = 0x4000_0080;
-const SVERSION: u32 = 0x4000_0081;
+use synic_msr::index::{SCONTROL, SVERSION};
 
 /// Userspace mode explicitly: these tests drive the MSR and hypercall hooks, which KVM's own
 /// SynIC would bypass on a host that has it.

@@ -9,6 +9,9 @@
 
 use iced_x86::code_asm::*;
 use iced_x86::BlockEncoderOptions;
+use synic::hypercall::HVCALL_POST_MESSAGE;
+use synic_msr::index::{EOM, GUEST_OS_ID, HYPERCALL, SCONTROL, SINT0};
+use synic_msr::index::{SIEFP as SIEFP_MSR, SIMP as SIMP_MSR};
 
 pub const GDT: u64 = 0x1000;
 pub const IDT: u64 = 0x2000;
@@ -36,14 +39,6 @@ const MSG_VECTOR: u32 = 0x50;
 const EVT_VECTOR: u32 = 0x51;
 const LAPIC_EOI: u64 = 0xFEE0_00B0;
 const LAPIC_SVR: u64 = 0xFEE0_00F0;
-
-const GUEST_OS_ID: u32 = 0x4000_0000;
-const HYPERCALL: u32 = 0x4000_0001;
-const SCONTROL: u32 = 0x4000_0080;
-const SIEFP_MSR: u32 = 0x4000_0082;
-const SIMP_MSR: u32 = 0x4000_0083;
-const EOM: u32 = 0x4000_0084;
-const SINT0: u32 = 0x4000_0090;
 
 /// The GDT: null, code64 (0x08), flat data (0x10).
 pub const GDT_ENTRIES: [u64; 3] = [0, 0x00AF_9B00_0000_FFFF, 0x00CF_9300_0000_FFFF];
@@ -120,7 +115,7 @@ pub fn program() -> Result<(Vec<u8>, u64, u64), IcedError> {
     a.movzx(eax, byte_ptr(DATA + 16))?;
     a.mov(qword_ptr(INPUT + 24), rax)?;
     // 64-bit hypercall ABI: RCX control, RDX input GPA, R8 output GPA; RAX the result.
-    a.mov(ecx, 0x5Cu32)?;
+    a.mov(ecx, u32::from(HVCALL_POST_MESSAGE))?;
     a.mov(edx, INPUT as u32)?;
     a.xor(r8d, r8d)?;
     a.mov(rax, HYPERCALL_PAGE)?;

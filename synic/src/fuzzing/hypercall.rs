@@ -17,6 +17,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use super::guest::Harness;
 use crate::hypercall::{
     decode, handle, Connections, EventPort, Hypercall, HypercallRegs, MessagePort,
+    HVCALL_POST_MESSAGE, HVCALL_SIGNAL_EVENT,
 };
 use crate::{Mode, PartitionConfig, SintIndex, VpIndex};
 
@@ -351,14 +352,14 @@ fn reference_decode(mem: &Shadow, regs: &HypercallRegs) -> Result<Expected, u16>
         return Err(3);
     }
     let code = bits(0, 15);
-    if code != 0x5C && code != 0x5D {
+    if code != u64::from(HVCALL_POST_MESSAGE) && code != u64::from(HVCALL_SIGNAL_EVENT) {
         return Err(2);
     }
     if bits(32, 43) != 0 || bits(48, 59) != 0 || bits(17, 26) != 0 {
         return Err(3);
     }
     let fast = bits(16, 16) == 1;
-    if code == 0x5C {
+    if code == u64::from(HVCALL_POST_MESSAGE) {
         if fast {
             return Err(3);
         }

@@ -1,7 +1,9 @@
 //! Cross-vCPU traffic through hypercalls: vCPU 0 posts messages and signals events whose
 //! ports are SINTs of vCPU 1, and sees the status codes of bad calls.
 
-use crate::guest::{PostInput, HVCALL_POST_MESSAGE, HVCALL_SIGNAL_EVENT, HV_FAST};
+use synic::hypercall::{HVCALL_POST_MESSAGE, HVCALL_SIGNAL_EVENT};
+
+use crate::guest::{control, PostInput};
 use crate::harness::{run, VmSpec};
 use crate::layout::{state, tag, vector, MESSAGE_TYPE};
 use crate::{Eoi, Setup, SintValue, SynicGuest};
@@ -107,7 +109,7 @@ pub fn cross_vcpu_post_and_signal(setup: Setup) {
             .unwrap()
     });
     call(&mut g, INVALID_HYPERCALL_INPUT, &|g| {
-        g.hypercall_raw(HVCALL_POST_MESSAGE | HV_FAST, u64::from(MSG_CONN))
+        g.hypercall_raw(control(HVCALL_POST_MESSAGE, true), u64::from(MSG_CONN))
             .unwrap()
     });
     call(&mut g, INVALID_CONNECTION_ID, &|g| {
@@ -118,7 +120,7 @@ pub fn cross_vcpu_post_and_signal(setup: Setup) {
     });
     call(&mut g, INVALID_HYPERCALL_INPUT, &|g| {
         let input = u64::from(EVT_CONN) | 1 << 32 | 1 << 48;
-        g.hypercall_raw(HVCALL_SIGNAL_EVENT | HV_FAST, input)
+        g.hypercall_raw(control(HVCALL_SIGNAL_EVENT, true), input)
             .unwrap()
     });
     call(&mut g, INVALID_HYPERCALL_CODE, &|g| {

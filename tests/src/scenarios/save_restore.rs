@@ -22,7 +22,7 @@ const BEFORE_SAVE: u64 = 120;
 /// The guest's exit code at the save point.
 const SAVE_POINT: u32 = 0x5A;
 
-/// Posts messages `next..TOTAL` to SINT 2 of VP 0 as fast as the partition takes them
+/// Posts messages `next..total` to SINT 2 of VP 0 as fast as the partition takes them
 /// (retrying while the queue is full), from the moment `ready` is set until `stop` is set.
 struct Poster {
     next: Arc<AtomicU64>,
@@ -32,6 +32,10 @@ struct Poster {
 
 impl Poster {
     fn start(host: Arc<Host>, next: Arc<AtomicU64>, ready: Arc<AtomicBool>) -> Self {
+        Self::start_to(host, next, ready, TOTAL)
+    }
+
+    fn start_to(host: Arc<Host>, next: Arc<AtomicU64>, ready: Arc<AtomicBool>, total: u64) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let (r, s, n) = (ready.clone(), stop.clone(), next.clone());
         let thread = std::thread::spawn(move || {
@@ -42,7 +46,7 @@ impl Poster {
             }
             while !s.load(Ordering::Acquire) {
                 let seq = n.load(Ordering::Relaxed);
-                if seq == TOTAL {
+                if seq == total {
                     break;
                 }
                 match host.post(0, SINT, seq) {
@@ -57,6 +61,14 @@ impl Poster {
             stop,
             thread: Some(thread),
         }
+    }
+
+    /// Waits until the poster posted all it was asked to; returns the next sequence number.
+    fn stop_when_done(mut self) -> u64 {
+        if let Some(t) = self.thread.take() {
+            t.join().expect("poster thread");
+        }
+        self.next.load(Ordering::Relaxed)
     }
 
     /// Stops posting; returns the next sequence number.
@@ -189,4 +201,73 @@ pub fn save_restore_mid_traffic(setup: Setup) {
     );
     let c = second.host.partition().counters(synic::VpIndex(0)).unwrap();
     assert_eq!(c.sints[usize::from(SINT)].queued, 0);
+}
+
+/// Pause, save, resume — at an arbitrary moment of traffic, not at a point the guest chose.
+/// A guest takes messages on SINT 2 (queue capacity 4, so messages wait behind a busy slot)
+/// while a host thread posts 600 of them. When 200 are posted the host stops its poster (a
+/// device thread is the VMM's to pause), pauses the VM — every vCPU parks, capturing its state
+/// and, in kernel mode, KVM's SynIC registers — saves the SynIC, the vCPUs and RAM, resumes,
+/// and posts the rest: the running guest takes all 600 exactly once, in order. Then the
+/// snapshot goes into a fresh VM (RAM, vCPU state, SynIC state) and runs on from where the
+/// pause caught it, with the rest posted again from the saved point: that guest, too, takes
+/// all 600 exactly once, in order.
+pub fn pause_save_resume_mid_traffic(setup: Setup) {
+    const N: u64 = 600;
+    const AT: u64 = 200;
+    let mut g = SynicGuest::new().unwrap();
+    g.message_isr(vector(SINT), SINT, Eoi::Apic).unwrap();
+    g.synic_up(&[(SINT, SintValue::vector(vector(SINT)))])
+        .unwrap();
+    g.step(1).unwrap();
+    g.wait_messages(N).unwrap();
+    g.settle().unwrap();
+    g.exit_ok().unwrap();
+    let program = g.build().unwrap();
+    let spec = VmSpec {
+        queue_capacity: 4,
+        ..VmSpec::new(setup, 1)
+    };
+    let ready =
+        |flag: Arc<AtomicBool>| move |_: &Host, _: u32, _: u32| flag.store(true, Ordering::Release);
+
+    let ready_a = Arc::new(AtomicBool::new(false));
+    let running = Prepared::new(spec, &program, ready(ready_a.clone())).start();
+    let next = Arc::new(AtomicU64::new(0));
+    let poster = Poster::start_to(running.host().clone(), next.clone(), ready_a.clone(), AT);
+    assert_eq!(poster.stop_when_done(), AT);
+    running.pause().expect("pause");
+    let state = running.host().synic().save().expect("save while paused");
+    let vcpus = running.vcpu_snapshots().expect("vCPU state while paused");
+    let mut ram = vec![0u8; MEM_SIZE as usize];
+    running
+        .host()
+        .memory()
+        .read_slice(&mut ram, GuestAddress(0))
+        .unwrap();
+    let queued = state.vps[0].queues[usize::from(SINT)].len();
+    running.resume().expect("resume");
+    let poster = Poster::start_to(running.host().clone(), next.clone(), ready_a, N);
+    let first = running.wait();
+    assert_eq!(poster.stop(), N);
+    first.assert_exited_ok();
+    super::messages::assert_sequence(&first.view().messages(0), SINT, 0..N);
+
+    // The snapshot in a fresh VM: it runs on from the pause.
+    let ready_b = Arc::new(AtomicBool::new(true));
+    let mut new = Prepared::new(spec, &program, ready(ready_b.clone()));
+    new.host()
+        .memory()
+        .write_slice(&ram, GuestAddress(0))
+        .unwrap();
+    new.restore_vcpus(&vcpus).expect("restore the vCPUs");
+    new.restore(&state).expect("restore the SynIC");
+    let running = new.start();
+    let next = Arc::new(AtomicU64::new(AT));
+    let poster = Poster::start_to(running.host().clone(), next, ready_b, N);
+    let second = running.wait();
+    assert_eq!(poster.stop(), N);
+    second.assert_exited_ok();
+    super::messages::assert_sequence(&second.view().messages(0), SINT, 0..N);
+    eprintln!("paused with {queued} messages queued behind the slot");
 }

@@ -8,6 +8,12 @@
 //! isa-debug-exit with [`PASS`], or with the number of the check that failed.
 
 use iced_x86::code_asm::*;
+use synic::hypercall::HVCALL_POST_MESSAGE;
+use synic::MessageType;
+use synic_msr::index::{
+    EOM, GUEST_OS_ID, HYPERCALL, SCONTROL, SIEFP as SIEFP_MSR, SIMP as SIMP_MSR, SINT0,
+    STIMER0_CONFIG, STIMER0_COUNT, TIME_REF_COUNT,
+};
 use synic_vmm::multiboot::{elf32_kernel, ELF32_KERNEL_CODE_OFFSET};
 
 pub const LOAD_ADDR: u32 = 0x40_0000;
@@ -43,17 +49,6 @@ const TIMER_VECTOR: u64 = 0x51;
 const CONNECTION: u32 = 7;
 /// The payload the kernel posts to itself.
 pub const PING: u64 = u64::from_le_bytes(*b"synping!");
-
-const GUEST_OS_ID: u32 = 0x4000_0000;
-const HYPERCALL: u32 = 0x4000_0001;
-const TIME_REF_COUNT: u32 = 0x4000_0020;
-const SCONTROL: u32 = 0x4000_0080;
-const SIEFP_MSR: u32 = 0x4000_0082;
-const SIMP_MSR: u32 = 0x4000_0083;
-const EOM: u32 = 0x4000_0084;
-const SINT0: u32 = 0x4000_0090;
-const STIMER0_CONFIG: u32 = 0x4000_00B0;
-const STIMER0_COUNT: u32 = 0x4000_00B1;
 
 /// The GDT at DATA_AT: null, code64 (0x08), data (0x10); the GDTR after it.
 fn gdt() -> Vec<u8> {
@@ -270,7 +265,7 @@ fn long64() -> Vec<u8> {
     a.mov(dword_ptr(INPUT + 12), 8u32).unwrap();
     a.mov(rax, PING).unwrap();
     a.mov(qword_ptr(INPUT + 16), rax).unwrap();
-    a.mov(ecx, 0x5Cu32).unwrap();
+    a.mov(ecx, u32::from(HVCALL_POST_MESSAGE)).unwrap();
     a.mov(edx, INPUT as u32).unwrap();
     a.xor(r8d, r8d).unwrap();
     a.mov(rax, HYPERCALL_PAGE).unwrap();
@@ -301,7 +296,7 @@ fn long64() -> Vec<u8> {
     a.wrmsr().unwrap();
     wrmsr(&mut a, STIMER0_CONFIG, 1 | TIMER_SINT << 16);
     wait_for(&mut a, DATA + 8, FAIL_TIMER);
-    a.cmp(dword_ptr(DATA + 0x18), 0x8000_0010u32 as i32)
+    a.cmp(dword_ptr(DATA + 0x18), MessageType::TIMER_EXPIRED.0 as i32)
         .unwrap();
     let mut expired = a.create_label();
     a.je(expired).unwrap();
