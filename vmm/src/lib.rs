@@ -1,7 +1,7 @@
 //! A minimal KVM VMM for the SynIC library: real guests on real KVM.
 //!
 //! * [`Vm`] builds a VM (in-kernel irqchip, guest RAM, vCPUs with Hyper-V CPUID, MSR exits for
-//!   the chosen [`SynicMode`]); [`Vm::start`] runs one thread per vCPU and returns a
+//!   the chosen `synic_kvm::SynicMode`); [`Vm::start`] runs one thread per vCPU and returns a
 //!   [`RunningVm`] that stops cleanly on debug-exit, timeout or error.
 //! * Exits reach the vCPU's SynIC (synic-kvm's `VcpuSynic`, called as any embedder calls it;
 //!   [`VcpuHandlers`]) and a shared port-I/O bus of [`PortDevice`]s ([`devices`]: COM1,

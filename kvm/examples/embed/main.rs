@@ -37,7 +37,7 @@ fn main() -> Result<(), Error> {
         std::process::exit(1);
     });
 
-    // The VMM's own VM: fd, irqchip, RAM, one vCPU.
+    // The VMM's own VM: fd, irqchip (step 1: before the probe), RAM, one vCPU.
     let kvm = Kvm::new()?;
     let vm = Arc::new(kvm.create_vm()?);
     vm.create_irq_chip()?;
@@ -59,7 +59,7 @@ fn main() -> Result<(), Error> {
     let mut vcpu = vm.create_vcpu(0)?;
     let mut cpuid_table = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)?;
 
-    // synic-begin: mode, VM and vCPU setup
+    // synic-begin: steps 1-3 (docs/embedding.md): mode, MSR exits, Hyper-V CPUID
     let mode = Capabilities::probe(&kvm, &vm).choose_mode(request)?;
     synic_kvm::setup_vm(&vm, mode)?;
     cpuid::apply(
@@ -68,7 +68,7 @@ fn main() -> Result<(), Error> {
     )?;
     // synic-end
     vcpu.set_cpuid2(&cpuid_table)?;
-    // synic-begin: the vCPU's SynIC, the VM's SynIC, a guest -> host connection
+    // synic-begin: steps 4-7: SYNIC2 on the vCPU, the VM's SynIC, a connection, the vCPU's handler
     synic_kvm::setup_vcpu(&vcpu, mode)?;
     let synic =
         synic_kvm::VmSynicBuilder::new(mode, 1).build(Arc::clone(&vm), Arc::clone(&memory))?;
@@ -128,7 +128,7 @@ fn main() -> Result<(), Error> {
     let mut status = None;
     while status.is_none() {
         match vcpu.run()? {
-            // synic-begin: the exits that concern the SynIC
+            // synic-begin: step 7: the exits that concern the SynIC
             VcpuExit::X86Rdmsr(exit) => vcpu_synic.handle_rdmsr(exit),
             VcpuExit::X86Wrmsr(exit) => vcpu_synic.handle_wrmsr(exit),
             VcpuExit::IoOut(port, _) if vcpu_synic.is_hypercall_trap(port) => {
@@ -139,7 +139,7 @@ fn main() -> Result<(), Error> {
             }
             // synic-end
             VcpuExit::IoOut(guest::READY_PORT, _) => {
-                // synic-begin: a device thread posts a message and sets an event flag
+                // synic-begin: step 8: a device thread posts a message and sets an event flag
                 let partition = Arc::clone(synic.partition());
                 std::thread::spawn(move || {
                     let msg = HvMessage::new(MessageType(1), 0, b"embedded").expect("240 bytes");
