@@ -58,7 +58,12 @@ fn the_synic_follows_hotplugged_memory() {
             .read_obj(GuestAddress(page + 2 * 256 + 16))
             .unwrap()
     };
-    let post = |n: u64| synic.partition().post_message(VpIndex(0), 2u32, msg(n));
+    let post = |n: u64| {
+        synic
+            .partition()
+            .post_message(VpIndex(0), 2u32, msg(n))
+            .map_err(Box::new)
+    };
 
     // The message page is enabled where there is no RAM yet: a post is refused with the
     // message given back.
