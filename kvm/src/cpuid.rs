@@ -1,13 +1,15 @@
-//! The Hyper-V CPUID leaves 0x4000_0000..=0x4000_0005, built from the features the VM wires
-//! ([`HvFeatures`]), and [`apply`] to put them into a vCPU's CPUID in place of KVM's own
-//! paravirtual leaves.
+//! The Hyper-V CPUID leaves 0x4000_0000..=0x4000_000A, built in one place from the features the
+//! VM wires ([`HvFeatures`], never more than [`HvFeatures::wired`] for the mode), and [`apply`]
+//! to put them into a vCPU's CPUID in place of KVM's own paravirtual leaves.
+//! `docs/enlightenments.md` has the table of every leaf and bit: its value, why, and the code
+//! that backs it.
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_MAX_CPUID_ENTRIES};
 
 use crate::error::{Error, Result};
 use crate::probe::SynicMode;
 
-/// First Hyper-V leaf.
+/// First Hyper-V leaf: the highest leaf and the vendor "Microsoft Hv".
 pub const HV_LEAF_VENDOR: u32 = 0x4000_0000;
 /// Interface signature leaf ("Hv#1").
 pub const HV_LEAF_INTERFACE: u32 = 0x4000_0001;
@@ -19,6 +21,11 @@ pub const HV_LEAF_FEATURES: u32 = 0x4000_0003;
 pub const HV_LEAF_ENLIGHTENMENTS: u32 = 0x4000_0004;
 /// Implementation limits leaf.
 pub const HV_LEAF_LIMITS: u32 = 0x4000_0005;
+/// Hardware features the hypervisor uses (none are reported).
+pub const HV_LEAF_HARDWARE: u32 = 0x4000_0006;
+/// The last Hyper-V leaf (0x4000_0007..=0x4000_000A: root-partition CPU management, SVM,
+/// nested features and nested optimizations: all zero, none is offered).
+pub const HV_LEAF_LAST: u32 = 0x4000_000A;
 /// "Hv#1".
 pub const HV_INTERFACE_SIGNATURE: u32 = 0x3123_7648;
 
@@ -28,10 +35,14 @@ pub const EAX_TIME_REF_COUNT: u32 = 1 << 1;
 pub const EAX_SYNIC: u32 = 1 << 2;
 /// 0x4000_0003 EAX: AccessSyntheticTimerRegs.
 pub const EAX_STIMER: u32 = 1 << 3;
+/// 0x4000_0003 EAX: AccessIntrCtrlRegs (the APIC-access MSRs and the VP assist page).
+pub const EAX_APIC_ACCESS: u32 = 1 << 4;
 /// 0x4000_0003 EAX: AccessHypercallMsrs (GUEST_OS_ID, HYPERCALL).
 pub const EAX_HYPERCALL: u32 = 1 << 5;
 /// 0x4000_0003 EAX: AccessVpIndex.
 pub const EAX_VP_INDEX: u32 = 1 << 6;
+/// 0x4000_0003 EAX: AccessPartitionReferenceTsc (the reference TSC page).
+pub const EAX_REFERENCE_TSC: u32 = 1 << 9;
 /// 0x4000_0003 EAX: AccessFrequencyMsrs (TSC_FREQUENCY, APIC_FREQUENCY).
 pub const EAX_FREQUENCY_MSRS: u32 = 1 << 11;
 /// 0x4000_0003 EBX: PostMessages.
@@ -44,8 +55,16 @@ pub const EDX_FREQUENCY_MSRS_AVAILABLE: u32 = 1 << 8;
 pub const EDX_SINT_POLLING: u32 = 1 << 17;
 /// 0x4000_0003 EDX: direct synthetic timers.
 pub const EDX_DIRECT_STIMER: u32 = 1 << 19;
+/// 0x4000_0004 EAX: use the APIC-access MSRs (only with [`EAX_APIC_ACCESS`]).
+pub const REC_APIC_ACCESS_MSRS: u32 = 1 << 3;
+/// 0x4000_0004 EAX: relaxed timing (no watchdogs on timing: a VM can be descheduled).
+pub const REC_RELAXED_TIMING: u32 = 1 << 5;
 /// 0x4000_0004 EAX: deprecating AutoEOI recommended.
 pub const REC_DEPRECATING_AUTO_EOI: u32 = 1 << 9;
+/// 0x4000_0004 EBX: never notify long spinlock waits.
+pub const SPINLOCK_NEVER_NOTIFY: u32 = 0xFFFF_FFFF;
+/// The version reported: build 14393, 10.0 (what guests expect of a modern Hyper-V).
+pub const HV_VERSION: [u32; 4] = [14393, 0x000A_0000, 0, 0];
 /// CPUID.1:ECX bit 31: a hypervisor is present.
 pub const ECX_HYPERVISOR: u32 = 1 << 31;
 
@@ -73,13 +92,16 @@ pub struct HvFeatures {
     /// TSC_FREQUENCY and APIC_FREQUENCY (the VM must answer them: KVM does in kernel mode,
     /// [`crate::VcpuSynic`] in userspace mode once given the frequencies).
     pub frequency_msrs: bool,
+    /// The reference TSC page (HV_X64_MSR_REFERENCE_TSC).
+    pub reference_tsc: bool,
+    /// The APIC-access MSRs (EOI, ICR, TPR) and the VP assist page.
+    pub apic_access: bool,
 }
 
 impl HvFeatures {
-    /// Everything the library implements for SynIC guests: synthetic timers including direct
-    /// mode (userspace mode: the model and [`crate::TimerThread`]; kernel mode: KVM's), no SINT
-    /// polling, no frequency MSRs (they need the frequencies: see
-    /// [`crate::VmSynicBuilder::frequencies`]).
+    /// Every feature the library offers SynIC guests, in either mode; [`HvFeatures::wired`]
+    /// narrows it to a mode. No SINT polling; frequency MSRs only when the VMM gives the
+    /// frequencies ([`crate::VmSynicBuilder::frequencies`]).
     pub const SYNIC: HvFeatures = HvFeatures {
         time_ref_count: true,
         synic: true,
@@ -91,6 +113,8 @@ impl HvFeatures {
         signal_events: true,
         sint_polling: false,
         frequency_msrs: false,
+        reference_tsc: true,
+        apic_access: true,
     };
 
     /// Nothing: a guest that sees these leaves does not take the machine for Hyper-V.
@@ -105,7 +129,47 @@ impl HvFeatures {
         signal_events: false,
         sint_polling: false,
         frequency_msrs: false,
+        reference_tsc: false,
+        apic_access: false,
     };
+
+    /// What is backed by working code in `mode`: in kernel mode KVM's in-kernel Hyper-V
+    /// provides the reference TSC page and the APIC-access MSRs with the VP assist page; in
+    /// userspace mode the library does not (it does not own the APIC, and the reference TSC
+    /// page is not implemented there yet). Everything else is the library's in both modes.
+    /// SINT polling is not offered.
+    pub const fn wired(mode: SynicMode) -> HvFeatures {
+        let kernel = matches!(mode, SynicMode::Kernel);
+        HvFeatures {
+            sint_polling: false,
+            reference_tsc: kernel,
+            apic_access: kernel,
+            ..HvFeatures::SYNIC_WITH_FREQUENCIES
+        }
+    }
+
+    const SYNIC_WITH_FREQUENCIES: HvFeatures = HvFeatures {
+        frequency_msrs: true,
+        ..HvFeatures::SYNIC
+    };
+
+    /// The features of both `self` and `other`.
+    pub const fn and(self, other: HvFeatures) -> HvFeatures {
+        HvFeatures {
+            time_ref_count: self.time_ref_count && other.time_ref_count,
+            synic: self.synic && other.synic,
+            stimer: self.stimer && other.stimer,
+            direct_stimer: self.direct_stimer && other.direct_stimer,
+            hypercall: self.hypercall && other.hypercall,
+            vp_index: self.vp_index && other.vp_index,
+            post_messages: self.post_messages && other.post_messages,
+            signal_events: self.signal_events && other.signal_events,
+            sint_polling: self.sint_polling && other.sint_polling,
+            frequency_msrs: self.frequency_msrs && other.frequency_msrs,
+            reference_tsc: self.reference_tsc && other.reference_tsc,
+            apic_access: self.apic_access && other.apic_access,
+        }
+    }
 }
 
 impl Default for HvFeatures {
@@ -129,39 +193,49 @@ fn le(s: &[u8; 4]) -> u32 {
     u32::from_le_bytes(*s)
 }
 
-/// The six Hyper-V leaves. In userspace mode the hypervisor cannot honour AutoEOI (it does not
-/// own the APIC), so it recommends that guests not use it.
+/// The Hyper-V leaves 0x4000_0000..=0x4000_000A for `features`, narrowed to what is
+/// [`HvFeatures::wired`] in `mode` (a feature nobody backs is never advertised). Relaxed
+/// timing is always recommended; in userspace mode the hypervisor cannot honour AutoEOI (it
+/// does not own the APIC), so it recommends that guests not use it.
 pub fn hyperv_leaves(features: HvFeatures, mode: SynicMode, max_vps: u32) -> Vec<kvm_cpuid_entry2> {
-    let f = features;
+    let f = features.and(HvFeatures::wired(mode));
     let bit = |on: bool, b: u32| if on { b } else { 0 };
     let privileges_eax = bit(f.time_ref_count, EAX_TIME_REF_COUNT)
         | bit(f.synic, EAX_SYNIC)
         | bit(f.stimer, EAX_STIMER)
+        | bit(f.apic_access, EAX_APIC_ACCESS)
         | bit(f.hypercall, EAX_HYPERCALL)
         | bit(f.vp_index, EAX_VP_INDEX)
+        | bit(f.reference_tsc, EAX_REFERENCE_TSC)
         | bit(f.frequency_msrs, EAX_FREQUENCY_MSRS);
     let privileges_ebx =
         bit(f.post_messages, EBX_POST_MESSAGES) | bit(f.signal_events, EBX_SIGNAL_EVENTS);
     let features_edx = bit(f.sint_polling, EDX_SINT_POLLING)
-        | bit(f.direct_stimer, EDX_DIRECT_STIMER)
+        | bit(f.direct_stimer && f.stimer, EDX_DIRECT_STIMER)
         | bit(f.frequency_msrs, EDX_FREQUENCY_MSRS_AVAILABLE);
-    let recommendations = bit(mode == SynicMode::Userspace, REC_DEPRECATING_AUTO_EOI);
-    vec![
+    let hyperv = features != HvFeatures::NONE;
+    let recommendations = bit(hyperv, REC_RELAXED_TIMING)
+        | bit(f.apic_access, REC_APIC_ACCESS_MSRS)
+        | bit(mode == SynicMode::Userspace, REC_DEPRECATING_AUTO_EOI);
+    let mut leaves = vec![
         leaf(
             HV_LEAF_VENDOR,
-            [HV_LEAF_LIMITS, le(b"Micr"), le(b"osof"), le(b"t Hv")],
+            [HV_LEAF_LAST, le(b"Micr"), le(b"osof"), le(b"t Hv")],
         ),
         leaf(HV_LEAF_INTERFACE, [HV_INTERFACE_SIGNATURE, 0, 0, 0]),
-        // Build 14393, version 10.0: what guests expect of a modern Hyper-V.
-        leaf(HV_LEAF_VERSION, [14393, 0x000A_0000, 0, 0]),
+        leaf(HV_LEAF_VERSION, HV_VERSION),
         leaf(
             HV_LEAF_FEATURES,
             [privileges_eax, privileges_ebx, 0, features_edx],
         ),
-        // EBX = 0xFFFF_FFFF: never notify about long spinlock waits.
-        leaf(HV_LEAF_ENLIGHTENMENTS, [recommendations, 0xFFFF_FFFF, 0, 0]),
+        leaf(
+            HV_LEAF_ENLIGHTENMENTS,
+            [recommendations, SPINLOCK_NEVER_NOTIFY, 0, 0],
+        ),
         leaf(HV_LEAF_LIMITS, [max_vps, max_vps, 0, 0]),
-    ]
+    ];
+    leaves.extend((HV_LEAF_HARDWARE..=HV_LEAF_LAST).map(|f| leaf(f, [0; 4])));
+    leaves
 }
 
 /// Puts `hv` (from [`hyperv_leaves`]) into a vCPU's CPUID table in place of whatever claims
@@ -196,10 +270,10 @@ mod tests {
     }
 
     #[test]
-    fn hyperv_leaves_spell_microsoft_hv_and_hv1() {
+    fn leaves_spell_microsoft_hv_and_hv1_and_run_to_0x4000000a() {
         let l = hyperv_leaves(HvFeatures::SYNIC, SynicMode::Userspace, 4);
         let v = find(&l, HV_LEAF_VENDOR);
-        assert!(v.eax >= HV_LEAF_LIMITS);
+        assert_eq!(v.eax, HV_LEAF_LAST);
         let mut vendor = Vec::new();
         for r in [v.ebx, v.ecx, v.edx] {
             vendor.extend_from_slice(&r.to_le_bytes());
@@ -207,18 +281,37 @@ mod tests {
         assert_eq!(vendor, b"Microsoft Hv");
         assert_eq!(find(&l, HV_LEAF_INTERFACE).eax.to_le_bytes(), *b"Hv#1");
         assert_eq!(find(&l, HV_LEAF_LIMITS).eax, 4);
+        let functions: Vec<u32> = l.iter().map(|e| e.function).collect();
+        assert_eq!(
+            functions,
+            (HV_LEAF_VENDOR..=HV_LEAF_LAST).collect::<Vec<_>>()
+        );
+        for f in HV_LEAF_HARDWARE..=HV_LEAF_LAST {
+            let e = find(&l, f);
+            assert_eq!([e.eax, e.ebx, e.ecx, e.edx], [0; 4], "leaf {f:#x}");
+        }
     }
 
     #[test]
-    fn privileges_follow_features() {
+    fn privileges_follow_features_and_what_is_wired() {
         let l = hyperv_leaves(HvFeatures::SYNIC, SynicMode::Userspace, 1);
         let f = find(&l, HV_LEAF_FEATURES);
         assert_eq!(
             f.eax,
-            EAX_TIME_REF_COUNT | EAX_SYNIC | EAX_STIMER | EAX_HYPERCALL | EAX_VP_INDEX
+            EAX_TIME_REF_COUNT | EAX_SYNIC | EAX_STIMER | EAX_HYPERCALL | EAX_VP_INDEX,
+            "userspace mode: no reference TSC page, no APIC-access MSRs"
         );
         assert_eq!(f.ebx, EBX_POST_MESSAGES | EBX_SIGNAL_EVENTS);
         assert_eq!(f.edx, EDX_DIRECT_STIMER);
+        let k = find(
+            &hyperv_leaves(HvFeatures::SYNIC, SynicMode::Kernel, 1),
+            HV_LEAF_FEATURES,
+        );
+        assert_eq!(
+            k.eax,
+            f.eax | EAX_REFERENCE_TSC | EAX_APIC_ACCESS,
+            "KVM backs them"
+        );
         let freq = HvFeatures {
             frequency_msrs: true,
             ..HvFeatures::SYNIC
@@ -229,28 +322,42 @@ mod tests {
         let none = HvFeatures {
             synic: false,
             signal_events: false,
+            stimer: false,
             ..HvFeatures::SYNIC
         };
         let f = find(&hyperv_leaves(none, SynicMode::Kernel, 1), HV_LEAF_FEATURES);
-        assert_eq!(f.eax & EAX_SYNIC, 0);
+        assert_eq!(f.eax & (EAX_SYNIC | EAX_STIMER), 0);
         assert_eq!(f.ebx, EBX_POST_MESSAGES);
-        assert_eq!(f.edx, EDX_DIRECT_STIMER);
+        assert_eq!(f.edx, 0, "no direct timers without timers");
+        let polling = HvFeatures {
+            sint_polling: true,
+            ..HvFeatures::SYNIC
+        };
+        let f = find(
+            &hyperv_leaves(polling, SynicMode::Userspace, 1),
+            HV_LEAF_FEATURES,
+        );
+        assert_eq!(f.edx & EDX_SINT_POLLING, 0, "not wired: never advertised");
     }
 
     #[test]
-    fn autoeoi_deprecation_only_in_userspace_mode() {
+    fn recommendations_per_mode() {
         let rec = |mode| {
             find(
                 &hyperv_leaves(HvFeatures::SYNIC, mode, 1),
                 HV_LEAF_ENLIGHTENMENTS,
             )
-            .eax
         };
-        assert_eq!(
-            rec(SynicMode::Userspace) & REC_DEPRECATING_AUTO_EOI,
-            REC_DEPRECATING_AUTO_EOI
+        let u = rec(SynicMode::Userspace);
+        assert_eq!(u.eax, REC_RELAXED_TIMING | REC_DEPRECATING_AUTO_EOI);
+        assert_eq!(u.ebx, SPINLOCK_NEVER_NOTIFY);
+        let k = rec(SynicMode::Kernel);
+        assert_eq!(k.eax, REC_RELAXED_TIMING | REC_APIC_ACCESS_MSRS);
+        let none = find(
+            &hyperv_leaves(HvFeatures::NONE, SynicMode::Kernel, 1),
+            HV_LEAF_ENLIGHTENMENTS,
         );
-        assert_eq!(rec(SynicMode::Kernel) & REC_DEPRECATING_AUTO_EOI, 0);
+        assert_eq!(none.eax, 0);
     }
 
     #[test]

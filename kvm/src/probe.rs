@@ -6,7 +6,7 @@
 //! picks [`SynicMode::Kernel`] or [`SynicMode::Userspace`] for a [`ModeRequest`], or names the
 //! first missing capability.
 
-use kvm_bindings::{KVM_CAP_HYPERV_EVENTFD, KVM_CAP_HYPERV_SYNIC2};
+use kvm_bindings::{KVM_CAP_HYPERV_ENFORCE_CPUID, KVM_CAP_HYPERV_EVENTFD, KVM_CAP_HYPERV_SYNIC2};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use synic_routing::RoutingBackend;
 use vmm_sys_util::errno;
@@ -71,6 +71,8 @@ pub struct Capabilities {
     pub hyperv_synic2: bool,
     /// `KVM_CAP_HYPERV_EVENTFD`.
     pub hyperv_eventfd: bool,
+    /// `KVM_CAP_HYPERV_ENFORCE_CPUID`.
+    pub hyperv_enforce_cpuid: bool,
     /// `KVM_CAP_SYNC_REGS` covers general and system registers.
     pub sync_regs: bool,
 }
@@ -95,6 +97,7 @@ impl Capabilities {
             msr_filter: kvm.check_extension(Cap::X86MsrFilter),
             hyperv_synic2: raw(KVM_CAP_HYPERV_SYNIC2),
             hyperv_eventfd: raw(KVM_CAP_HYPERV_EVENTFD),
+            hyperv_enforce_cpuid: raw(KVM_CAP_HYPERV_ENFORCE_CPUID),
             sync_regs: {
                 let want = kvm_bindings::KVM_SYNC_X86_REGS | kvm_bindings::KVM_SYNC_X86_SREGS;
                 u32::try_from(kvm.check_extension_int(Cap::SyncRegs)).unwrap_or(0) & want == want
@@ -160,7 +163,7 @@ impl Capabilities {
         ]
     }
 
-    fn kernel(&self) -> [Requirement; 3] {
+    fn kernel(&self) -> [Requirement; 4] {
         [
             (
                 self.hyperv_synic2,
@@ -177,6 +180,11 @@ impl Capabilities {
                 self.hyperv_eventfd,
                 "KVM_CAP_HYPERV_EVENTFD",
                 "kernel SynIC mode's guest events on eventfds",
+            ),
+            (
+                self.hyperv_enforce_cpuid,
+                "KVM_CAP_HYPERV_ENFORCE_CPUID",
+                "kernel SynIC mode offering only the enlightenments it advertises",
             ),
         ]
     }
@@ -233,6 +241,7 @@ mod tests {
             msr_filter: true,
             hyperv_synic2: false,
             hyperv_eventfd: false,
+            hyperv_enforce_cpuid: false,
             sync_regs: true,
         }
     }
@@ -241,6 +250,7 @@ mod tests {
         Capabilities {
             hyperv_synic2: true,
             hyperv_eventfd: true,
+            hyperv_enforce_cpuid: true,
             ..all()
         }
     }

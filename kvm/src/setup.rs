@@ -11,8 +11,9 @@
 //!   GSIs for acks only for active SynICs, at a routing commit.
 
 use kvm_bindings::{
-    kvm_enable_cap, KVM_CAP_HYPERV_SYNIC2, KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_FILTER,
-    KVM_MSR_EXIT_REASON_INVAL, KVM_MSR_EXIT_REASON_UNKNOWN,
+    kvm_enable_cap, KVM_CAP_HYPERV_ENFORCE_CPUID, KVM_CAP_HYPERV_SYNIC2,
+    KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_FILTER, KVM_MSR_EXIT_REASON_INVAL,
+    KVM_MSR_EXIT_REASON_UNKNOWN,
 };
 use kvm_ioctls::{MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VcpuFd, VmFd};
 use synic_msr::index::{HV_MSR_FIRST, HV_MSR_LAST};
@@ -55,9 +56,12 @@ pub fn setup_vm(vm: &VmFd, mode: SynicMode) -> Result<()> {
     Ok(())
 }
 
-/// Prepares one vCPU for `mode`: kernel mode activates KVM's SynIC on it
-/// (`KVM_CAP_HYPERV_SYNIC2`); userspace mode needs nothing. Call after `KVM_SET_CPUID2`
-/// (KVM checks the Hyper-V leaves when the vCPU's Hyper-V state is created) and before
+/// Prepares one vCPU for `mode`. Kernel mode activates KVM's SynIC on it
+/// (`KVM_CAP_HYPERV_SYNIC2`) and makes KVM honour the Hyper-V CPUID leaves
+/// (`KVM_CAP_HYPERV_ENFORCE_CPUID`): a Hyper-V MSR or hypercall the leaves do not advertise
+/// gets #GP / HV_STATUS_ACCESS_DENIED, as on Hyper-V, instead of working because KVM happens to
+/// implement it. Userspace mode needs nothing (the library answers only what it advertises).
+/// Call after `KVM_SET_CPUID2` (KVM reads the Hyper-V leaves then) and before
 /// [`crate::VmSynicBuilder::build`].
 pub fn setup_vcpu(vcpu: &VcpuFd, mode: SynicMode) -> Result<()> {
     if mode == SynicMode::Kernel {
@@ -67,6 +71,13 @@ pub fn setup_vcpu(vcpu: &VcpuFd, mode: SynicMode) -> Result<()> {
         };
         vcpu.enable_cap(&cap)
             .map_err(kvm_err("KVM_ENABLE_CAP(HYPERV_SYNIC2)"))?;
+        let mut enforce = kvm_enable_cap {
+            cap: KVM_CAP_HYPERV_ENFORCE_CPUID,
+            ..Default::default()
+        };
+        enforce.args[0] = 1;
+        vcpu.enable_cap(&enforce)
+            .map_err(kvm_err("KVM_ENABLE_CAP(HYPERV_ENFORCE_CPUID)"))?;
     }
     Ok(())
 }

@@ -558,6 +558,20 @@ impl SynicGuest {
         self.g.report_reg(tag::VALUE, rax)
     }
 
+    /// Reports CPUID leaf `leaf`'s EAX, EBX, ECX and EDX under [`tag::VALUE`], in that order.
+    /// Clobbers RAX, RBX, RCX, RDX.
+    pub fn report_cpuid(&mut self, leaf: u32) -> Result<()> {
+        self.emit(|a| {
+            a.mov(eax, leaf)?;
+            a.xor(ecx, ecx)?;
+            a.cpuid()
+        })?;
+        for reg in [rax, rbx, rcx, rdx] {
+            self.g.report_reg(tag::VALUE, reg)?;
+        }
+        Ok(())
+    }
+
     /// Reports bit `vector` of the 256-bit local APIC register array at `base` (ISR 0x100,
     /// TMR 0x180, IRR 0x200) as 0 or 1 under [`tag::VALUE`]. Clobbers RAX, RCX.
     pub fn report_lapic_bit(&mut self, base: u32, vector: u8) -> Result<()> {

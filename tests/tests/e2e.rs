@@ -52,4 +52,5 @@ every_setup! {
     test_device_protocol => hypercalls::test_device_protocol;
     save_restore_mid_traffic => save_restore::save_restore_mid_traffic;
     pause_save_resume_mid_traffic => save_restore::pause_save_resume_mid_traffic;
+    enlightenments_advertised_work_the_rest_faults => enlightenments::advertised_work_and_the_rest_faults;
 }
