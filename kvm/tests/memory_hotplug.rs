@@ -18,18 +18,8 @@ const LOW: u64 = 0x10_0000;
 const HOT: u64 = 0x1000_0000;
 
 fn kvm() -> Option<Kvm> {
-    match Kvm::new() {
-        Ok(k) => Some(k),
-        Err(e) if std::env::var_os("SYNIC_REQUIRE_KVM").is_some() => {
-            panic!("SYNIC_REQUIRE_KVM is set but /dev/kvm cannot be opened: {e}")
-        }
-        Err(e) => {
-            eprintln!(
-                "\n!!!! SKIPPED: /dev/kvm cannot be opened ({e}): this test did not run !!!!\n"
-            );
-            None
-        }
-    }
+    synic::testing::kvm_available("the_synic_follows_hotplugged_memory")
+        .then(|| Kvm::new().expect("opening /dev/kvm"))
 }
 
 #[test]

@@ -161,10 +161,7 @@ fn kernel_mode_hv_sint_interrupts_and_eoi_acks() {
     let vm = Vm::new();
     let table = table(&vm);
     if !table.capabilities().hyperv_synic2 {
-        eprintln!(
-            "\n*** SKIPPED kernel_mode_hv_sint_interrupts_and_eoi_acks: this KVM has no \
-             in-kernel Hyper-V (KVM_CAP_HYPERV_SYNIC2 = 0); run it inside kvm-lab ***\n"
-        );
+        synic::testing::kernel_mode_skipped("kernel_mode_hv_sint_interrupts_and_eoi_acks");
         return;
     }
     enable_synic2(&vm.vcpu).unwrap();

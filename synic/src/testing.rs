@@ -109,3 +109,54 @@ impl RaiseSint for RecordingRaise {
         self.push(RaiseEvent::Vector { vp, vector });
     }
 }
+
+/// Environment variable that turns a real-KVM test's skip into a failure: CI sets it
+/// (`.ci/run`), so a green run cannot hide tests that did not run on a machine that should
+/// run them.
+pub const REQUIRE_KVM: &str = "SYNIC_REQUIRE_KVM";
+
+/// For real-KVM tests: true when `/dev/kvm` is there to run `test`. Otherwise prints a loud
+/// SKIPPED line and returns false — or, with [`REQUIRE_KVM`] set to anything but `0`, panics
+/// (the test fails instead of passing without having run).
+pub fn kvm_available(test: &str) -> bool {
+    let required = std::env::var(REQUIRE_KVM).is_ok_and(|v| v != "0");
+    device_available(std::path::Path::new("/dev/kvm"), test, required)
+}
+
+fn device_available(device: &std::path::Path, test: &str, required: bool) -> bool {
+    if device.exists() {
+        return true;
+    }
+    let d = device.display();
+    assert!(
+        !required,
+        "{test}: {d} is absent but {REQUIRE_KVM} is set: this real-KVM test must run here"
+    );
+    eprintln!("\n!!!! SKIPPED {test}: {d} is absent, this real-KVM test did not run !!!!\n");
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::device_available;
+    use std::path::Path;
+
+    #[test]
+    fn a_missing_device_skips_unless_required() {
+        let missing = Path::new("/nonexistent/kvm");
+        assert!(!device_available(missing, "t", false));
+        assert!(device_available(Path::new("/"), "t", true));
+        let required = std::panic::catch_unwind(|| device_available(missing, "t", true));
+        assert!(required.is_err(), "required and missing: the test fails");
+    }
+}
+
+/// For the kernel-mode variant of a real-KVM test on a host whose KVM has no in-kernel Hyper-V
+/// (`KVM_CAP_HYPERV_SYNIC2`): prints the loud SKIPPED line the CI counts (kernel mode runs in
+/// kvm-lab, where any SKIPPED fails the run). [`REQUIRE_KVM`] does not change this: this host
+/// cannot run kernel mode.
+pub fn kernel_mode_skipped(test: &str) {
+    eprintln!(
+        "\n!!!! SKIPPED {test}: KVM_CAP_HYPERV_SYNIC2 is absent, kernel mode did not run here (kvm-lab runs it) !!!!\n"
+    );
+}

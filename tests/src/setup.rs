@@ -44,20 +44,14 @@ impl Setup {
     /// what is missing. Userspace mode needs `/dev/kvm`; kernel mode also needs
     /// `KVM_CAP_HYPERV_SYNIC2` (run those tests under kvm-lab).
     pub fn available(self, test: &str) -> bool {
-        if !std::path::Path::new("/dev/kvm").exists() {
-            eprintln!(
-                "\n!!!! SKIPPED {test}: /dev/kvm is absent, this real-KVM test did not run !!!!\n"
-            );
+        if !synic::testing::kvm_available(test) {
             return false;
         }
         if self.mode == Mode::Kernel {
             let kernel = synic_kvm::Capabilities::probe_host()
                 .is_ok_and(|c| c.choose_mode(synic_kvm::ModeRequest::Kernel).is_ok());
             if !kernel {
-                eprintln!(
-                    "\n!!!! SKIPPED {test}: KVM_CAP_HYPERV_SYNIC2 is absent, kernel mode did not run \
-                     (run it under /work/shared/tools/kvm-lab/kvm-lab) !!!!\n"
-                );
+                synic::testing::kernel_mode_skipped(test);
                 return false;
             }
         }

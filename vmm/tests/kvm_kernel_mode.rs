@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use common::{drain, kvm_available, synic_rig, RUN_LIMIT};
 use synic::hypercall::{HypercallControl, HVCALL_POST_MESSAGE};
 use synic::HvStatus;
-use synic_kvm::{Capabilities, HypervExit, ModeRequest, SynicMode};
+use synic_kvm::{HypervExit, ModeRequest, SynicMode};
 use synic_vmm::devices::Report;
 use synic_vmm::guest::{layout, tag, GuestBuilder};
 use synic_vmm::synic_vm::SynicVmBuilder;
@@ -34,10 +34,7 @@ fn kernel_mode_synic_exits_and_post_message_reach_the_synic() {
     if !kvm_available() {
         return;
     }
-    let kernel =
-        Capabilities::probe_host().is_ok_and(|c| c.choose_mode(ModeRequest::Kernel).is_ok());
-    if !kernel {
-        eprintln!("SKIPPED here: KVM_CAP_HYPERV_SYNIC2 is absent (run this test under kvm-lab)");
+    if !common::kernel_mode_available() {
         return;
     }
     let simp = layout::FREE_PAGES;

@@ -16,7 +16,7 @@ use iced_x86::code_asm::*;
 use kvm_bindings::kvm_irq_routing_entry;
 use kvm_ioctls::VmFd;
 use synic::{HvMessage, MessageType, SintIndex, VpIndex};
-use synic_kvm::{Capabilities, ModeRequest};
+use synic_kvm::ModeRequest;
 use synic_routing::{
     default_irqchip_routes, Gsi, GsiRoutingOwner, MsiRoute, Route, RoutingBackend,
 };
@@ -290,10 +290,7 @@ fn a_second_routing_owner_keeps_its_routes_and_the_synics_kernel_mode() {
     if !kvm_available() {
         return;
     }
-    let kernel =
-        Capabilities::probe_host().is_ok_and(|c| c.choose_mode(ModeRequest::Kernel).is_ok());
-    if !kernel {
-        eprintln!("\n!!!! SKIPPED: KVM_CAP_HYPERV_SYNIC2 is absent, kernel mode did not run (kvm-lab runs it) !!!!\n");
+    if !common::kernel_mode_available() {
         return;
     }
     two_owners(ModeRequest::Kernel);

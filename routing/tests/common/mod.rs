@@ -7,7 +7,6 @@
 //! Each test binary uses a different part of this module.
 #![allow(dead_code)]
 
-use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -43,14 +42,7 @@ const ENTRY: usize = 0xA000;
 const STACK_TOP: u64 = 0xF000;
 const LAPIC: u32 = 0xFEE0_0000;
 
-/// True when the real-KVM tests can run; prints a loud notice when they cannot.
-pub fn kvm_available(test: &str) -> bool {
-    if Path::new("/dev/kvm").exists() {
-        return true;
-    }
-    eprintln!("\n*** SKIPPED {test}: /dev/kvm is absent; this real-KVM test did not run ***\n");
-    false
-}
+pub use synic::testing::kvm_available;
 
 /// A VM with the full in-kernel irqchip (PIC, IOAPIC, LAPIC) and one vCPU, not yet running.
 pub struct Vm {

@@ -272,8 +272,7 @@ mod tests {
 
     #[test]
     fn host_answers_through_the_message_page() {
-        if !std::path::Path::new("/dev/kvm").exists() {
-            eprintln!("\n!!!! SKIPPED: /dev/kvm is absent, this real-KVM test did not run !!!!\n");
+        if !synic::testing::kvm_available("host_answers_through_the_message_page") {
             return;
         }
         let vm = SynicVmBuilder::new()

@@ -15,13 +15,28 @@ use synic_vmm::{RunningVm, VcpuHandlers, Vm, VmConfig};
 /// Wall-clock limit for one guest run: generous, the guests take milliseconds.
 pub const RUN_LIMIT: Duration = Duration::from_secs(20);
 
-/// False (after a loud message) when this host has no /dev/kvm.
+/// False (after a loud message) when this host has no /dev/kvm; a failure instead with
+/// `SYNIC_REQUIRE_KVM` set (`synic::testing::kvm_available`).
 pub fn kvm_available() -> bool {
-    if std::path::Path::new("/dev/kvm").exists() {
-        return true;
+    synic::testing::kvm_available(
+        std::thread::current()
+            .name()
+            .unwrap_or("a synic-vmm real-KVM test"),
+    )
+}
+
+/// True where this host can run kernel mode; otherwise the loud kernel-mode SKIPPED line.
+pub fn kernel_mode_available() -> bool {
+    let kernel = synic_kvm::Capabilities::probe_host()
+        .is_ok_and(|c| c.choose_mode(synic_kvm::ModeRequest::Kernel).is_ok());
+    if !kernel {
+        synic::testing::kernel_mode_skipped(
+            std::thread::current()
+                .name()
+                .unwrap_or("a synic-vmm kernel-mode test"),
+        );
     }
-    eprintln!("\n!!!! SKIPPED: /dev/kvm is absent, this real-KVM test did not run !!!!\n");
-    false
+    kernel
 }
 
 /// A VM with COM1 (captured), isa-debug-exit and the report port.
