@@ -20,28 +20,41 @@
 //! Generic over [`vm_memory::GuestAddressSpace`], so a VMM with memory hotplug passes its
 //! `GuestMemoryAtomic`. `docs/embedding.md` and `examples/embed.rs` show a complete VMM.
 //!
-//! ```no_run
+//! ```
 //! use std::sync::Arc;
 //! use kvm_ioctls::Kvm;
+//! use synic::{HvMessage, MessageType, Posted, VpIndex};
 //! use synic_kvm::{cpuid, Capabilities, HvFeatures, ModeRequest, VmSynicBuilder};
-//! use vm_memory::{GuestAddress, GuestMemoryMmap};
+//! use synic_msr::index::{SCONTROL, SIMP, SINT0};
+//! use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # if !synic::testing::kvm_available("synic-kvm's crate example") { return Ok(()); }
 //! let kvm = Kvm::new()?;
 //! let vm = Arc::new(kvm.create_vm()?);
 //! vm.create_irq_chip()?;
 //! let mode = Capabilities::probe(&kvm, &vm).choose_mode(ModeRequest::Auto)?;
 //! synic_kvm::setup_vm(&vm, mode)?;
-//! let memory = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 64 << 20)])?);
-//! // ... register the memory with KVM ...
+//! let memory = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)])?);
+//! // (A VMM registers the memory with KVM here.)
 //! let vcpu = vm.create_vcpu(0)?;
 //! let mut table = kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)?;
 //! cpuid::apply(&mut table, &cpuid::hyperv_leaves(HvFeatures::SYNIC, mode, 1))?;
 //! vcpu.set_cpuid2(&table)?;
 //! synic_kvm::setup_vcpu(&vcpu, mode)?;
-//! let synic = VmSynicBuilder::new(mode, 1).build(Arc::clone(&vm), memory)?;
-//! let handler = synic.vcpu(0)?; // vCPU 0's thread: handler.handle_rdmsr(exit), ...
-//! # let _ = handler; Ok(()) }
+//! let synic = VmSynicBuilder::new(mode, 1).build(Arc::clone(&vm), Arc::clone(&memory))?;
+//! let handler = synic.vcpu(0)?; // for vCPU 0's thread: handle_rdmsr(exit), ...
+//! if mode == synic_kvm::SynicMode::Userspace {
+//!     // The guest's MSR writes reach the handler as exits; here, by hand.
+//!     handler.wrmsr(SCONTROL, 1)?;
+//!     handler.wrmsr(SIMP, 0x5000 | 1)?;
+//!     handler.wrmsr(SINT0 + 2, 0x40)?;
+//!     let msg = HvMessage::new(MessageType(1), 0, b"hello")?;
+//!     assert_eq!(synic.partition().post_message(VpIndex(0), 2u32, msg), Ok(Posted::Delivered));
+//!     let slot_type: u32 = memory.read_obj(GuestAddress(0x5000 + 2 * 256))?;
+//!     assert_eq!(slot_type, 1);
+//! }
+//! # Ok(()) }
 //! ```
 
 #![deny(missing_docs)]

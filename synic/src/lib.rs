@@ -37,6 +37,7 @@
 //! ```
 
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod clock;
 mod counters;
