@@ -136,6 +136,16 @@ fn device_available(device: &std::path::Path, test: &str, required: bool) -> boo
     false
 }
 
+/// For the kernel-mode variant of a real-KVM test on a host whose KVM has no in-kernel Hyper-V
+/// (`KVM_CAP_HYPERV_SYNIC2`): prints the loud SKIPPED line the CI counts (kernel mode runs in
+/// kvm-lab, where any SKIPPED fails the run). [`REQUIRE_KVM`] does not change this: this host
+/// cannot run kernel mode.
+pub fn kernel_mode_skipped(test: &str) {
+    eprintln!(
+        "\n!!!! SKIPPED {test}: KVM_CAP_HYPERV_SYNIC2 is absent, kernel mode did not run here (kvm-lab runs it) !!!!\n"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::device_available;
@@ -149,14 +159,4 @@ mod tests {
         let required = std::panic::catch_unwind(|| device_available(missing, "t", true));
         assert!(required.is_err(), "required and missing: the test fails");
     }
-}
-
-/// For the kernel-mode variant of a real-KVM test on a host whose KVM has no in-kernel Hyper-V
-/// (`KVM_CAP_HYPERV_SYNIC2`): prints the loud SKIPPED line the CI counts (kernel mode runs in
-/// kvm-lab, where any SKIPPED fails the run). [`REQUIRE_KVM`] does not change this: this host
-/// cannot run kernel mode.
-pub fn kernel_mode_skipped(test: &str) {
-    eprintln!(
-        "\n!!!! SKIPPED {test}: KVM_CAP_HYPERV_SYNIC2 is absent, kernel mode did not run here (kvm-lab runs it) !!!!\n"
-    );
 }
