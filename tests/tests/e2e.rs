@@ -51,4 +51,6 @@ every_setup! {
     cross_vcpu_post_and_signal => hypercalls::cross_vcpu_post_and_signal;
     test_device_protocol => hypercalls::test_device_protocol;
     save_restore_mid_traffic => save_restore::save_restore_mid_traffic;
+    overlay_pages_hide_and_give_back_ram => overlays::overlay_pages_hide_and_give_back_ram;
+    stale_message_page_is_not_a_wedge => overlays::message_after_enabling_simp_on_a_stale_page_is_delivered;
 }
