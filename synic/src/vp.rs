@@ -374,8 +374,10 @@ impl<M: GuestAddressSpace> Vp<M> {
     }
 
     /// Back to power-on state (VP reset / INIT): registers reset (profile, VP index and KVM
-    /// activation kept), timers stopped, pages disabled, SINTs masked. Messages still queued are returned to
-    /// the caller rather than dropped silently. Counters are kept.
+    /// activation kept), timers stopped, SINTs masked, the message and event-flags pages
+    /// disabled (the RAM they hid is back) and their overlay contents zeroed (TLFS; a message
+    /// still in a slot goes with its page). Messages still queued are returned to the caller
+    /// rather than dropped silently. Counters are kept.
     pub fn reset(&mut self) -> Vec<(SintIndex, HvMessage)> {
         self.disarm_timers();
         self.regs.reset();

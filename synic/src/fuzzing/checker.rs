@@ -8,7 +8,7 @@ use synic_msr::{index, Change, Origin, Profile, Sint};
 use vm_memory::GuestAddress;
 use zerocopy::IntoBytes;
 
-use super::covers::{Covers, PageBytes, Spot, PAGE};
+use super::covers::{same_but_for_redelivery, Covers, PageBytes, Spot, PAGE};
 use super::guest::{clear_dirty, dirty_pages, guest_write, guest_write_byte, Harness, Mem};
 use super::op::{Isr, Op, Setup, PAGES, RAM_END, SIEFP_PAGES, SINTS};
 use crate::testing::RaiseEvent;
@@ -60,12 +60,6 @@ fn is_stimer_config(msr: u32) -> bool {
 /// The page a page register enables (in RAM or not).
 fn enabled_page(reg: u64) -> Option<u64> {
     (reg & 1 != 0).then_some(reg & !0xFFF)
-}
-
-/// The message type in slot `s` of a page.
-fn slot_type(page: &[u8; PAGE], s: usize) -> u32 {
-    let at = 256 * s;
-    u32::from_le_bytes([page[at], page[at + 1], page[at + 2], page[at + 3]])
 }
 
 /// The message in slot `s` of a page.
@@ -202,25 +196,15 @@ impl Checker {
             self.owes = [false; S];
         }
         let now = self.harness.partition.counters(VpIndex(0)).unwrap();
-        let message_page = self.page();
-        for (gpa, expected) in snapshot {
-            let actual = self.read_page(gpa);
-            for s in 0..16 {
-                let range = 256 * s..256 * (s + 1);
-                if expected[range.clone()] == actual[range.clone()] {
-                    continue;
-                }
-                let delivered = now.sints[s].delivered > before.sints[s].delivered;
-                let mut pending = expected.clone();
-                pending[256 * s + 5] |= 1;
-                let allowed = Some(gpa) == message_page
-                    && ((slot_type(&expected, s) == 0 && delivered)
-                        || pending[range.clone()] == actual[range]);
-                assert!(
-                    allowed,
+        let delivered = |s: usize| now.sints[s].delivered > before.sints[s].delivered;
+        for (gpa, expected) in &snapshot {
+            let actual = self.read_page(*gpa);
+            let message_page = Some(*gpa) == self.page();
+            if let Err(s) = same_but_for_redelivery(expected, &actual, message_page, delivered) {
+                panic!(
                     "{what}: page {gpa:#x} slot {s} holds {:?}, expected {:?} (overlays {:?})",
                     slot_message(&actual, s),
-                    slot_message(&expected, s),
+                    slot_message(expected, s),
                     [self.covers.c[0].spot, self.covers.c[1].spot],
                 );
             }

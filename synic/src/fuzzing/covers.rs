@@ -158,3 +158,35 @@ impl Covers {
         }
     }
 }
+
+/// The message type in slot `s` of a page.
+fn slot_type(page: &[u8; PAGE], s: usize) -> u32 {
+    let at = 256 * s;
+    u32::from_le_bytes([page[at], page[at + 1], page[at + 2], page[at + 3]])
+}
+
+/// Whether `actual` is the page the checker expects. On the message page (`message_page`) a
+/// slot may also differ because the change's redelivery wrote a message into it while it was
+/// free (`delivered(s)`: the SINT's delivered counter moved) or set MessagePending on it while
+/// it was busy. `Err(s)`: the first slot that differs otherwise.
+pub(super) fn same_but_for_redelivery(
+    expected: &[u8; PAGE],
+    actual: &[u8; PAGE],
+    message_page: bool,
+    delivered: impl Fn(usize) -> bool,
+) -> Result<(), usize> {
+    for s in 0..PAGE / 256 {
+        let range = 256 * s..256 * (s + 1);
+        if expected[range.clone()] == actual[range.clone()] {
+            continue;
+        }
+        let mut pending = *expected;
+        pending[256 * s + 5] |= 1;
+        let redelivered = (slot_type(expected, s) == 0 && delivered(s))
+            || pending[range.clone()] == actual[range];
+        if !(message_page && redelivered) {
+            return Err(s);
+        }
+    }
+    Ok(())
+}

@@ -28,111 +28,18 @@
 //! mutex, SINT locks.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
-use synic_msr::PageRegister;
-use vm_memory::{GuestAddressSpace, GuestMemory};
+use vm_memory::GuestMemory;
 
-use crate::delivery::PageRegs;
 use crate::error::Error;
 use crate::message::PAGE_SIZE;
 use crate::page;
-use crate::partition::Partition;
-use crate::shared::AllSints;
 
-/// Bytes per chunk of a [`PageImage`]: one message slot, or one SINT's event flags.
-const CHUNK: usize = 256;
+mod image;
+mod moves;
 
-/// A 4 KiB page kept by the host: only its non-zero 256-byte chunks are stored.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub(crate) struct PageImage {
-    /// Bit `i`: chunk `i` is stored (non-zero).
-    present: u16,
-    /// The stored chunks, in chunk order.
-    chunks: Box<[[u8; CHUNK]]>,
-}
-
-impl fmt::Debug for PageImage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PageImage({:#06x})", self.present)
-    }
-}
-
-impl PageImage {
-    /// The image of `bytes`.
-    fn of(bytes: &[u8; PAGE_SIZE]) -> Self {
-        let mut present = 0u16;
-        let mut chunks = Vec::new();
-        for (i, chunk) in bytes.chunks_exact(CHUNK).enumerate() {
-            if chunk.iter().any(|&b| b != 0) {
-                present |= 1 << i;
-            }
-        }
-        if present != 0 {
-            chunks.reserve_exact(present.count_ones() as usize);
-            for (i, chunk) in bytes.chunks_exact(CHUNK).enumerate() {
-                if present & (1 << i) != 0 {
-                    let mut c = [0u8; CHUNK];
-                    c.copy_from_slice(chunk);
-                    chunks.push(c);
-                }
-            }
-        }
-        Self {
-            present,
-            chunks: chunks.into_boxed_slice(),
-        }
-    }
-
-    /// Writes the page into `out`.
-    fn expand(&self, out: &mut [u8; PAGE_SIZE]) {
-        let mut stored = self.chunks.iter();
-        for (i, chunk) in out.chunks_exact_mut(CHUNK).enumerate() {
-            let next = if self.present & (1 << i) != 0 {
-                stored.next()
-            } else {
-                None
-            };
-            match next {
-                Some(c) => chunk.copy_from_slice(c),
-                None => chunk.fill(0),
-            }
-        }
-    }
-
-    fn is_zero(&self) -> bool {
-        self.present == 0
-    }
-
-    /// Host bytes this image holds on the heap.
-    #[cfg(test)]
-    fn heap_bytes(&self) -> usize {
-        self.chunks.len() * CHUNK
-    }
-
-    /// The saved form: 4096 bytes, or nothing for an all-zero page.
-    fn to_saved(&self) -> Vec<u8> {
-        if self.is_zero() {
-            return Vec::new();
-        }
-        let mut page = [0u8; PAGE_SIZE];
-        self.expand(&mut page);
-        page.to_vec()
-    }
-
-    /// Reads a saved form back; `None` unless it is empty or exactly 4096 bytes.
-    fn from_saved(bytes: &[u8]) -> Option<Self> {
-        match bytes.len() {
-            0 => Some(Self::default()),
-            PAGE_SIZE => {
-                let mut page = [0u8; PAGE_SIZE];
-                page.copy_from_slice(bytes);
-                Some(Self::of(&page))
-            }
-            _ => None,
-        }
-    }
-}
+use image::PageImage;
+pub(crate) use moves::{PageMove, Uncovered};
 
 /// Where an enabled overlay is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -502,145 +409,6 @@ impl Overlays {
     }
 }
 
-/// What a change of page registers uncovered, for the caller to act on once every lock is
-/// released.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Uncovered {
-    /// VPs (by position) whose message page was placed: retry their queued messages.
-    pub(crate) message_pages: [Option<usize>; 2],
-    /// The hypercall page was placed at this GPA: the VMM refills it.
-    pub(crate) hypercall_page: Option<u64>,
-}
-
-impl Uncovered {
-    fn note(&mut self, id: OverlayId, gpa: u64) {
-        match id {
-            OverlayId::Vp(slot, VpPage::Simp) => {
-                if let Some(free) = self.message_pages.iter_mut().find(|s| s.is_none()) {
-                    *free = Some(slot);
-                }
-            }
-            OverlayId::Vp(_, VpPage::Siefp) => {}
-            OverlayId::Hypercall => self.hypercall_page = Some(gpa),
-        }
-    }
-}
-
-/// How a VP's page registers change ([`Partition::move_vp_pages`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct PageMove {
-    /// The registers delivery sees from now on (placements are computed).
-    pub(crate) regs: PageRegs,
-    /// Zero the content of the message page / event-flags page after the move (KVM SynIC
-    /// v1 enable-writes zero the page).
-    pub(crate) zero: [bool; 2],
-    /// VP reset: after the pages are disabled, their contents are zeroed.
-    pub(crate) reset: bool,
-}
-
-impl<M: GuestAddressSpace> Partition<M> {
-    /// Applies new page registers of the VP at position `slot`: moves its overlays (carrying
-    /// their contents), publishes registers and placements to delivery under all its SINT
-    /// locks, runs `locked` under those locks too, then places overlays that were shadowed
-    /// where a page left. The caller retries delivery where it needs to and acts on what
-    /// [`Uncovered`] reports.
-    pub(crate) fn move_vp_pages(
-        &self,
-        slot: usize,
-        change: PageMove,
-        locked: impl FnOnce(&mut AllSints<'_>),
-    ) -> Uncovered {
-        let mem = self.memory.memory();
-        let mut overlays = self.lock_overlays();
-        let shared = self.vp_at(slot);
-        let mut uncovered_gpas = [None; 2];
-        {
-            let mut all = shared.lock_all();
-            let pages = [
-                (VpPage::Simp, change.regs.simp),
-                (VpPage::Siefp, change.regs.siefp),
-            ];
-            // Lift both pages before laying either: a guest that swaps the two addresses in
-            // one exit (kernel mode) gets each content at the other's old place.
-            let moving: Vec<_> = pages
-                .iter()
-                .map(|&(page, reg)| {
-                    let id = OverlayId::Vp(slot, page);
-                    let to = PageRegister(reg).enabled_gpa();
-                    (id, to, overlays.gpa(id) != to)
-                })
-                .collect();
-            for (n, &(id, _, moves)) in moving.iter().enumerate() {
-                if moves {
-                    uncovered_gpas[n] = overlays.lift(&*mem, id);
-                }
-            }
-            for &(id, to, moves) in &moving {
-                if let (true, Some(gpa)) = (moves, to) {
-                    overlays.lay(&*mem, id, gpa);
-                }
-            }
-            for (n, &(id, _, _)) in moving.iter().enumerate() {
-                if change.zero[n] || change.reset {
-                    overlays.zero_content(&*mem, id);
-                }
-            }
-            shared.set_page_regs(&all, change.regs);
-            shared.set_placements(&all, overlays.vp_placements(slot));
-            locked(&mut all);
-        }
-        let mut uncovered = Uncovered::default();
-        for gpa in uncovered_gpas.into_iter().flatten() {
-            if let Some(next) = overlays.next_at(gpa) {
-                self.uncover(&mut overlays, &*mem, next);
-                uncovered.note(next, gpa);
-            }
-        }
-        uncovered
-    }
-
-    /// Moves the hypercall page overlay to `gpa` (`None`: disabled; `reset`: its content is
-    /// zeroed afterwards). Returns what it uncovered and whether it is placed now.
-    pub(crate) fn move_hypercall_page(&self, gpa: Option<u64>, reset: bool) -> (Uncovered, bool) {
-        let mem = self.memory.memory();
-        let mut overlays = self.lock_overlays();
-        let left = overlays.relocate(&*mem, OverlayId::Hypercall, gpa);
-        if reset {
-            overlays.zero_content(&*mem, OverlayId::Hypercall);
-        }
-        let mut uncovered = Uncovered::default();
-        if let Some(old) = left {
-            if let Some(next) = overlays.next_at(old) {
-                self.uncover(&mut overlays, &*mem, next);
-                uncovered.note(next, old);
-            }
-        }
-        let placed = gpa.is_some() && overlays.placement(OverlayId::Hypercall) == Placement::Placed;
-        (uncovered, placed)
-    }
-
-    /// Places the shadowed overlay `id` (registry held); a VP page is swapped under all its
-    /// SINT locks and its placement published.
-    fn uncover<G: GuestMemory + ?Sized>(&self, overlays: &mut Overlays, mem: &G, id: OverlayId) {
-        match id {
-            OverlayId::Vp(slot, _) => {
-                let shared = self.vp_at(slot);
-                let all = shared.lock_all();
-                overlays.uncover(mem, id);
-                shared.set_placements(&all, overlays.vp_placements(slot));
-            }
-            OverlayId::Hypercall => overlays.uncover(mem, id),
-        }
-    }
-
-    /// Retries delivery on the VPs whose message page was uncovered.
-    pub(crate) fn redeliver_uncovered(&self, uncovered: Uncovered) {
-        for slot in uncovered.message_pages.into_iter().flatten() {
-            self.redeliver_all(self.vp_at(slot));
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -664,29 +432,6 @@ mod tests {
 
     const SIMP: OverlayId = OverlayId::Vp(0, VpPage::Simp);
     const SIEFP: OverlayId = OverlayId::Vp(0, VpPage::Siefp);
-
-    #[test]
-    fn page_image_stores_only_non_zero_chunks_and_round_trips() {
-        let mut bytes = [0u8; PAGE_SIZE];
-        assert!(PageImage::of(&bytes).is_zero());
-        assert_eq!(PageImage::of(&bytes).heap_bytes(), 0);
-        bytes[3 * CHUNK + 7] = 9;
-        bytes[15 * CHUNK] = 1;
-        let image = PageImage::of(&bytes);
-        assert_eq!(image.heap_bytes(), 2 * CHUNK);
-        let mut out = [0xFFu8; PAGE_SIZE];
-        image.expand(&mut out);
-        assert_eq!(out, bytes);
-        for pattern in [0x00u8, 0x5A] {
-            let mut all = [pattern; PAGE_SIZE];
-            all[100] = 3;
-            let mut out = [0x11u8; PAGE_SIZE];
-            PageImage::of(&all).expand(&mut out);
-            assert_eq!(out, all);
-        }
-        assert_eq!(PageImage::from_saved(&image.to_saved()), Some(image));
-        assert_eq!(PageImage::from_saved(&[1, 2]), None);
-    }
 
     #[test]
     fn enable_shows_the_overlay_disable_gives_the_ram_back_and_moves_carry_the_content() {
