@@ -589,9 +589,21 @@ impl Checker {
         self.before = VpCounters::default();
         self.harness.partition.restore(&part_state).unwrap();
         self.harness.vps[0].restore(&vp_state).unwrap();
+        // The overlay pages come back exactly: what the host kept for each, and where each is
+        // (delivery writes only into guest memory, never into what the host keeps).
+        let again = self.harness.vps[0].save();
+        assert_eq!(
+            (&again.message_page, &again.event_flags_page),
+            (&vp_state.message_page, &vp_state.event_flags_page),
+            "overlay pages after save/restore"
+        );
+        assert_eq!(
+            self.harness.partition.save().hypercall_page,
+            part_state.hypercall_page
+        );
         // Queues may differ now: restore retries delivery (a slot freed without EOM fills),
         // and a one-shot timer whose expiry waited for that slot clears its Enable bit.
-        let restored = self.harness.vps[0].save().registers;
+        let restored = again.registers;
         assert_eq!(restored.len(), vp_state.registers.len());
         for (&(msr, now), &(saved_msr, saved)) in restored.iter().zip(&vp_state.registers) {
             let fired = is_stimer_config(msr) && saved & 0b11 == 0b01 && now == saved & !1;
