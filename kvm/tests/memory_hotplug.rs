@@ -1,7 +1,7 @@
 //! synic-kvm over `GuestMemoryAtomic`, as a VMM with memory hotplug has it: the SynIC follows
 //! the guest's memory map as it changes. A post to a message page enabled where there is no
-//! RAM yet is refused with the message given back; once the region is hot-added the same post
-//! delivers into it; after the page moves back and the region is removed, delivery goes on. Driven through `VcpuSynic`'s value-level handlers (no guest needed), on a real
+//! RAM yet is refused with the message given back; once the region is hot-added and the page
+//! enabled again, the same post delivers into it; after the page moves back and the region is removed, delivery goes on. Driven through `VcpuSynic`'s value-level handlers (no guest needed), on a real
 //! KVM VM for the routes.
 
 use std::sync::Arc;
@@ -61,12 +61,15 @@ fn the_synic_follows_hotplugged_memory() {
     let early = post(7).unwrap_err();
     assert_eq!(early.error, synic::Error::PageNotInRam { gpa: HOT });
 
-    // Hot-add the region: the same page now takes it.
+    // Hot-add the region. The overlay stays unbacked until the guest disables and enables the
+    // page again (docs/synic-design.md, "Overlay pages"); then the same page takes the message.
     {
         let region = GuestRegionMmap::<()>::from_range(GuestAddress(HOT), 0x10_0000, None).unwrap();
         let grown = memory.memory().insert_region(Arc::new(region)).unwrap();
         memory.lock().unwrap().replace(grown);
     }
+    vcpu.wrmsr(SIMP, 0).unwrap();
+    vcpu.wrmsr(SIMP, HOT | 1).unwrap();
     let retried = synic
         .partition()
         .post_message(VpIndex(0), 2u32, early.message);

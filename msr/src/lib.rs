@@ -130,9 +130,10 @@ pub struct PageUpdate {
     pub old: PageRegister,
     /// After the write.
     pub new: PageRegister,
-    /// KVM with SYNIC v1: the caller must zero the new page (every guest write with Enable=1
-    /// does, even of the same value). If zeroing fails, the guest must get #GP and the caller
-    /// restores `old` with a host write.
+    /// KVM with SYNIC v1: the caller must zero the page the guest sees at the new address (an
+    /// overlay layer zeroes the overlay's content, not the RAM under it); every guest write
+    /// with Enable=1 does, even of the same value. If zeroing fails, the guest must get #GP and
+    /// the caller restores `old` with a host write.
     pub zero_page: bool,
 }
 

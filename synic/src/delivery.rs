@@ -4,7 +4,6 @@
 //! SINT's lock, so for a given (VP, SINT) there is exactly one writer of the slot at a time, and
 //! raises the returned interrupt after releasing the lock.
 
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 
 use synic_msr::{PageRegister, Profile, Scontrol, Sint};
@@ -13,7 +12,9 @@ use vm_memory::GuestMemory;
 use crate::counters::SintCounters;
 use crate::error::Error;
 use crate::message::{HvMessage, MessageFlags};
+use crate::overlay::{PagePlacements, Placement};
 use crate::page;
+use crate::queue::MessageQueue;
 use crate::{Mode, SintIndex};
 
 /// The lock-protected state of one (VP, SINT).
@@ -21,8 +22,9 @@ use crate::{Mode, SintIndex};
 pub(crate) struct SintState {
     /// The SINT register as delivery sees it (userspace mode; unused in kernel mode).
     pub(crate) sint: Sint,
-    /// Messages accepted and not yet in the slot, oldest first.
-    pub(crate) queue: VecDeque<HvMessage>,
+    /// Messages accepted and not yet in the slot, oldest first (storage allocated only while
+    /// some are queued).
+    pub(crate) queue: MessageQueue,
     /// How many messages `queue` may hold.
     pub(crate) capacity: usize,
     /// Synthetic timers (bit n = STIMERn) with an expiry waiting for this SINT's slot. A
@@ -37,7 +39,7 @@ impl SintState {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             sint: Sint::RESET,
-            queue: VecDeque::with_capacity(capacity),
+            queue: MessageQueue::new(),
             capacity,
             timer_waiting: 0,
             counters: SintCounters::default(),
@@ -58,6 +60,8 @@ pub(crate) struct PageRegs {
     pub(crate) simp: u64,
     /// `SIEFP`.
     pub(crate) siefp: u64,
+    /// Where the enabled pages are (overlays: placed in RAM, shadowed, unbacked).
+    pub(crate) placements: PagePlacements,
 }
 
 /// An interrupt to raise once the SINT lock is released.
@@ -119,7 +123,8 @@ pub(crate) enum Step {
 /// What one attempt to write a message into a slot did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum SlotStep {
-    /// Not written: SynIC or message page disabled.
+    /// Not written: SynIC or message page disabled (or the page is shadowed by another
+    /// overlay page).
     Held,
     /// Not written: the slot is busy; MessagePending is set, the guest will EOM.
     Busy,
@@ -151,6 +156,16 @@ pub(crate) fn write_slot<G: GuestMemory + ?Sized>(
     let Some(gpa) = PageRegister(regs.simp).enabled_gpa() else {
         return Ok(SlotStep::Held);
     };
+    match regs.placements.simp() {
+        Placement::Placed => {}
+        // Under another overlay page at the same address: held, as for a disabled page; the
+        // page is retried when it is uncovered.
+        Placement::Shadowed => return Ok(SlotStep::Held),
+        Placement::Unbacked => {
+            st.counters.page_errors += 1;
+            return Err(Error::PageNotInRam { gpa });
+        }
+    }
     let page = match page::resolve(mem, gpa) {
         Ok(page) => page,
         Err(e) => {

@@ -79,6 +79,14 @@ pub enum Error {
         /// The page's guest physical address.
         gpa: u64,
     },
+    /// The enabled event-flags page lies under another overlay page (a message page, an
+    /// event-flags page or the hypercall page) enabled at the same address first: the guest
+    /// sees that other page there (TLFS "GPA Overlay Pages"), so no flag can be set.
+    #[error("SynIC page {gpa:#x} is covered by another overlay page at the same address")]
+    PageShadowed {
+        /// The page's guest physical address.
+        gpa: u64,
+    },
     /// The call is meaningful only in the other [`Mode`](crate::Mode).
     #[error("operation not available in {mode:?} mode")]
     WrongMode {
@@ -133,7 +141,8 @@ impl Error {
             Error::SynicDisabled { .. }
             | Error::EventFlagsPageDisabled { .. }
             | Error::SintMasked { .. }
-            | Error::PageNotInRam { .. } => HvStatus::InvalidSynicState,
+            | Error::PageNotInRam { .. }
+            | Error::PageShadowed { .. } => HvStatus::InvalidSynicState,
             _ => HvStatus::InvalidParameter,
         }
     }

@@ -6,6 +6,7 @@ use synic_msr::PageRegister;
 
 use crate::error::Error;
 use crate::message::FLAGS_PER_SINT;
+use crate::overlay::Placement;
 use crate::page;
 use crate::partition::Partition;
 use crate::{IntoSint, VpIndex};
@@ -25,7 +26,8 @@ impl<M: GuestAddressSpace> Partition<M> {
     ///
     /// Refused when the flag number is out of range, the SynIC (TLFS profile) or the
     /// event-flags page is disabled, the SINT is masked (userspace mode; in kernel mode KVM
-    /// drops the interrupt of a masked SINT instead), or the page is outside guest RAM.
+    /// drops the interrupt of a masked SINT instead), or the page is outside guest RAM or
+    /// under another overlay page enabled at the same address.
     pub fn signal_event(
         &self,
         vp: VpIndex,
@@ -51,7 +53,15 @@ impl<M: GuestAddressSpace> Partition<M> {
                 return Err(Error::SintMasked { vp, sint });
             }
             let mem = self.memory.memory();
-            let set = page::resolve(&*mem, gpa).and_then(|page| page.set_flag(sint, flag));
+            let set = match regs.placements.siefp() {
+                Placement::Placed => {
+                    page::resolve(&*mem, gpa).and_then(|page| page.set_flag(sint, flag))
+                }
+                // Under another overlay page at the same address: the guest cannot see the
+                // flag there, and the host keeps no live copy to set it in.
+                Placement::Shadowed => return Err(Error::PageShadowed { gpa }),
+                Placement::Unbacked => Err(Error::PageNotInRam { gpa }),
+            };
             match set {
                 Err(e) => {
                     st.counters.page_errors += 1;

@@ -48,8 +48,10 @@ mod events;
 pub mod fuzzing;
 pub mod hypercall;
 pub mod message;
+mod overlay;
 mod page;
 mod partition;
+mod queue;
 mod shared;
 mod state;
 mod stimer;
@@ -63,6 +65,7 @@ pub use error::{Error, MsrError, PostError};
 pub use events::FlagOutcome;
 pub use hypercall::HvStatus;
 pub use message::{HvMessage, MessageFlags, MessageHeader, MessageType, TimerMessagePayload};
+pub use overlay::OverlayState;
 pub use partition::{
     Acked, Partition, PartitionConfig, Posted, SynicView, DEFAULT_QUEUE_CAPACITY, MAX_VPS,
 };

@@ -112,10 +112,18 @@ impl<B: BitmapSlice> Page<'_, B> {
         Ok(was_set)
     }
 
-    /// Zeroes the whole page (KVM SynIC v1 does this on every enable-write).
-    pub(crate) fn zero(&self) -> Result<(), Error> {
+    /// Copies the whole page out (an overlay swap reads what the guest sees there).
+    pub(crate) fn read_all(&self, out: &mut [u8; PAGE_SIZE]) -> Result<(), Error> {
         self.slice
-            .write_slice(&[0u8; PAGE_SIZE], 0)
+            .read_slice(out, 0)
+            .map_err(|_| Error::PageNotInRam { gpa: self.gpa })
+    }
+
+    /// Writes the whole page (an overlay swap puts an overlay's content or the RAM it hid
+    /// back); marks it dirty.
+    pub(crate) fn write_all(&self, bytes: &[u8; PAGE_SIZE]) -> Result<(), Error> {
+        self.slice
+            .write_slice(bytes, 0)
             .map_err(|_| Error::PageNotInRam { gpa: self.gpa })
     }
 }
@@ -195,7 +203,10 @@ mod tests {
         assert!(page.set_pending(sint).unwrap());
         assert!(!dirty(&mem, 0x2000));
         assert_eq!(mem.read_obj::<u8>(GuestAddress(0x2FFF)).unwrap(), 0x80);
-        page.zero().unwrap();
+        let mut all = [0u8; PAGE_SIZE];
+        page.read_all(&mut all).unwrap();
+        assert_eq!(all[PAGE_SIZE - 1], 0x80);
+        page.write_all(&[0u8; PAGE_SIZE]).unwrap();
         assert_eq!(mem.read_obj::<u8>(GuestAddress(0x2FFF)).unwrap(), 0);
     }
 }

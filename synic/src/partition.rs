@@ -10,9 +10,12 @@ use vm_memory::GuestAddressSpace;
 
 use crate::clock::ReferenceClock;
 use crate::counters::VpCounters;
-use crate::delivery::{deliver_one, Interrupt, PageRegs, Policy, SintState, Step};
+use crate::delivery::{
+    deliver_one, write_slot, Interrupt, PageRegs, Policy, SintState, SlotStep, Step,
+};
 use crate::error::{Error, PostError};
 use crate::message::HvMessage;
+use crate::overlay::Overlays;
 use crate::shared::VpShared;
 use crate::vp::Vp;
 use crate::{IntoSint, Mode, RaiseSint, SintIndex, VpIndex};
@@ -128,6 +131,9 @@ pub struct Partition<M: GuestAddressSpace> {
     time_offset: AtomicU64,
     registers: Mutex<PartitionRegisters>,
     vps: Box<[VpShared]>,
+    /// Every overlay page (message and event-flags pages, hypercall page) and the RAM they
+    /// cover; held for placement changes, save and restore (never by delivery).
+    overlays: Mutex<Overlays>,
     /// Serialises VP index changes (host writes of VP_INDEX, restores) so indices stay unique.
     pub(crate) vp_index_lock: Mutex<()>,
 }
@@ -173,6 +179,7 @@ impl<M: GuestAddressSpace> Partition<M> {
                 PartitionRegisters::new(config.profile).with_phys_addr_bits(config.phys_addr_bits),
             ),
             vps,
+            overlays: Mutex::new(Overlays::new(config.vp_count as usize)),
             vp_index_lock: Mutex::new(()),
         });
         let vps = (0..config.vp_count)
@@ -209,6 +216,12 @@ impl<M: GuestAddressSpace> Partition<M> {
         self.registers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The overlay registry. Lock order: partition registers, then this, then a VP's timer
+    /// mutex, then its SINT locks.
+    pub(crate) fn lock_overlays(&self) -> MutexGuard<'_, Overlays> {
+        self.overlays.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn vp_at(&self, slot: usize) -> &VpShared {
@@ -326,6 +339,23 @@ impl<M: GuestAddressSpace> Partition<M> {
             return Err(Error::SynicDisabled { vp });
         }
         let mem = self.memory.memory();
+        if st.queue.is_empty() {
+            // Nothing ahead of it: straight into a free slot, without touching the queue (whose
+            // storage is allocated only while messages wait).
+            let more = st.timer_waiting != 0;
+            let posted = match write_slot(&*mem, self.policy, regs, sint, st, message, more)? {
+                SlotStep::Written => {
+                    *interrupt = self.policy.interrupt(st.sint);
+                    Posted::Delivered
+                }
+                SlotStep::Busy | SlotStep::Held => {
+                    st.queue.push_back(*message, st.capacity);
+                    Posted::Queued
+                }
+            };
+            st.counters.posted += 1;
+            return Ok(posted);
+        }
         if st.is_full() {
             // The guest may have freed the slot without writing EOM yet: make room first.
             if let Ok(Step::Delivered(i)) = deliver_one(&*mem, self.policy, regs, sint, st) {
@@ -341,7 +371,7 @@ impl<M: GuestAddressSpace> Partition<M> {
             }
         }
         let first = st.queue.is_empty();
-        st.queue.push_back(*message);
+        st.queue.push_back(*message, st.capacity);
         match deliver_one(&*mem, self.policy, regs, sint, st) {
             Ok(step) => {
                 st.counters.posted += 1;
@@ -437,6 +467,7 @@ impl PageRegs {
             scontrol: regs.scontrol().0,
             simp: regs.simp().0,
             siefp: regs.siefp().0,
+            placements: Default::default(),
         }
     }
 }

@@ -11,13 +11,14 @@
 //! SINT lock, never the other way round.
 
 use std::array;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use synic_msr::index::SINT_COUNT;
 
 use crate::counters::VpCounters;
 use crate::delivery::{PageRegs, SintState};
+use crate::overlay::PagePlacements;
 use crate::timers::Timers;
 use crate::{SintIndex, VpIndex};
 
@@ -28,6 +29,10 @@ pub(crate) struct VpShared {
     scontrol: AtomicU64,
     simp: AtomicU64,
     siefp: AtomicU64,
+    /// Where the enabled pages are (`PagePlacements`); written under all 16 SINT locks (by
+    /// the VP's own page changes and by any thread that uncovers one of its pages), read under
+    /// one.
+    placements: AtomicU8,
     sints: [Mutex<SintState>; SINT_COUNT],
     eoms: AtomicU64,
     timers: Mutex<Timers>,
@@ -49,6 +54,7 @@ impl VpShared {
             scontrol: AtomicU64::new(regs.scontrol),
             simp: AtomicU64::new(regs.simp),
             siefp: AtomicU64::new(regs.siefp),
+            placements: AtomicU8::new(regs.placements.0),
             sints: array::from_fn(|_| Mutex::new(SintState::new(capacity))),
             eoms: AtomicU64::new(0),
             timers: Mutex::new(Timers::default()),
@@ -110,14 +116,20 @@ impl VpShared {
             scontrol: self.scontrol.load(Ordering::Relaxed),
             simp: self.simp.load(Ordering::Relaxed),
             siefp: self.siefp.load(Ordering::Relaxed),
+            placements: PagePlacements(self.placements.load(Ordering::Relaxed)),
         }
     }
 
-    /// Replaces the page registers; requires all SINT locks.
+    /// Replaces the page registers (not their placements); requires all SINT locks.
     pub(crate) fn set_page_regs(&self, _held: &AllSints<'_>, regs: PageRegs) {
         self.scontrol.store(regs.scontrol, Ordering::Relaxed);
         self.simp.store(regs.simp, Ordering::Relaxed);
         self.siefp.store(regs.siefp, Ordering::Relaxed);
+    }
+
+    /// Replaces the pages' placements; requires all SINT locks.
+    pub(crate) fn set_placements(&self, _held: &AllSints<'_>, placements: PagePlacements) {
+        self.placements.store(placements.0, Ordering::Relaxed);
     }
 
     pub(crate) fn count_eom(&self) {

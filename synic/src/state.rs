@@ -1,11 +1,12 @@
 //! Save and restore: versioned plain data out, the same data back in.
 //!
 //! A VP's state is its registers (userspace mode: every per-VP register; kernel mode: the
-//! SCONTROL/SIEFP/SIMP values the model learned from exits, since KVM saves its own) and the
-//! messages still queued per SINT, plus (userspace mode) each synthetic timer's schedule. What
-//! sits in the slots and the flags pages is guest memory and travels with it. Restore into a
-//! fresh model after guest memory is in place: it retries every SINT and every waiting timer
-//! expiry, so delivery continues where the source stopped.
+//! SCONTROL/SIEFP/SIMP values the model learned from exits, since KVM saves its own), the
+//! messages still queued per SINT, (userspace mode) each synthetic timer's schedule, and the
+//! page the host keeps for each of its two overlay pages (the RAM an enabled page hides, or a
+//! disabled page's content). What sits in an enabled page is guest memory and travels with
+//! it. Restore into a fresh model after guest memory is in place: it retries every SINT and
+//! every waiting timer expiry, so delivery continues where the source stopped.
 
 use std::sync::PoisonError;
 
@@ -16,14 +17,23 @@ use vm_memory::GuestAddressSpace;
 use crate::delivery::PageRegs;
 use crate::error::Error;
 use crate::message::HvMessage;
+use crate::overlay::{OverlayId, OverlayState, VpPage};
 use crate::partition::Partition;
 use crate::stimer::StimerState;
 use crate::vp::Vp;
 use crate::{Mode, SintIndex, VpIndex};
 
-/// Version of [`VpState`] and [`PartitionState`] this build writes. It also reads version 1
-/// (before synthetic timers): such a VP's enabled timers restart their schedule at the restore.
-pub const STATE_VERSION: u32 = 2;
+/// Version of [`VpState`] and [`PartitionState`] this build writes (3: overlay pages). It also
+/// reads version 2 (before overlay pages: every enabled page is taken to lie over RAM that
+/// was zero, every disabled page's content to be zero) and version 1 (before synthetic timers,
+/// too: such a VP's enabled timers restart their schedule at the restore).
+pub const STATE_VERSION: u32 = 3;
+
+/// The first version with synthetic timer schedules.
+const TIMERS_VERSION: u32 = 2;
+
+/// The first version with overlay pages.
+const OVERLAY_VERSION: u32 = 3;
 
 /// The oldest state version this build reads.
 const OLDEST_VERSION: u32 = 1;
@@ -50,10 +60,15 @@ pub struct VpState {
     /// `registers`), including an expiry that is due and waits for its slot. Kernel mode (KVM
     /// runs the timers) and version 1: empty.
     pub timers: Vec<StimerState>,
+    /// The message page overlay (SIMP): the page the host keeps for it (version 3; ignored
+    /// before).
+    pub message_page: OverlayState,
+    /// The event-flags page overlay (SIEFP), likewise.
+    pub event_flags_page: OverlayState,
 }
 
 /// The partition-wide saved state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartitionState {
     /// [`STATE_VERSION`] when written.
     pub version: u32,
@@ -63,6 +78,9 @@ pub struct PartitionState {
     pub hypercall: u64,
     /// The reference time (`TIME_REF_COUNT`) when saved.
     pub reference_time: u64,
+    /// The hypercall page overlay (userspace mode): the page the host keeps for it (version
+    /// 3; ignored before).
+    pub hypercall_page: OverlayState,
 }
 
 fn check_version(version: u32) -> Result<(), Error> {
@@ -83,17 +101,19 @@ impl<M: GuestAddressSpace> Partition<M> {
     /// Saves the partition-wide registers and the reference time.
     pub fn save(&self) -> PartitionState {
         let regs = self.registers();
+        let hypercall_page = self.lock_overlays().save(OverlayId::Hypercall);
         PartitionState {
             version: STATE_VERSION,
             guest_os_id: regs.guest_os_id(),
             hypercall: regs.hypercall().0,
             reference_time: self.reference_time(),
+            hypercall_page,
         }
     }
 
     /// Restores the partition-wide registers, and makes the reference time continue from the
     /// saved value (as if no time passed while the partition was saved). The hypercall page
-    /// itself is guest memory and needs no refill.
+    /// itself is guest memory and needs no refill; the RAM it hides comes from the state.
     pub fn restore(&self, state: &PartitionState) -> Result<(), Error> {
         self.restore_with_downtime(state, 0)
     }
@@ -116,14 +136,29 @@ impl<M: GuestAddressSpace> Partition<M> {
             .write(Msr::GuestOsId, state.guest_os_id, Origin::Host)
             .and_then(|_| fresh.write(Msr::Hypercall, state.hypercall, Origin::Host))
             .map_err(Error::RegisterRefused)?;
-        *self.registers() = fresh;
+        let gpa = fresh.hypercall().enabled().then(|| fresh.hypercall().gpa());
+        let mut registers = self.registers();
+        let mem = self.memory.memory();
+        let mut overlays = self.lock_overlays();
+        if state.version >= OVERLAY_VERSION {
+            overlays.check_install(&*mem, OverlayId::Hypercall, gpa, &state.hypercall_page)?;
+            overlays.install(&*mem, OverlayId::Hypercall, gpa, &state.hypercall_page);
+        } else {
+            overlays.install_legacy(&*mem, OverlayId::Hypercall, gpa);
+        }
+        *registers = fresh;
         self.set_reference_time(state.reference_time.saturating_add(downtime));
         Ok(())
     }
 
-    /// Partition reset: GUEST_OS_ID and HYPERCALL back to 0. The reference time keeps running.
+    /// Partition reset: GUEST_OS_ID and HYPERCALL back to 0 (the hypercall page is disabled,
+    /// the RAM it hid comes back, its content is zeroed). The reference time keeps running.
     pub fn reset(&self) {
-        self.registers().reset();
+        let mut registers = self.registers();
+        registers.reset();
+        let (uncovered, _) = self.move_hypercall_page(None, true);
+        drop(registers);
+        self.redeliver_uncovered(uncovered);
     }
 }
 
@@ -134,8 +169,9 @@ impl<M: GuestAddressSpace> Vp<M> {
     pub fn save(&self) -> VpState {
         let config = *self.partition.config();
         let shared = self.shared();
-        // Lock order: timers, then SINTs. Holding both makes the snapshot atomic with respect
-        // to an expiry being written into a slot.
+        // Lock order: overlays, timers, then SINTs. Holding them makes the snapshot atomic
+        // with respect to a page move and to an expiry being written into a slot.
+        let overlays = self.partition.lock_overlays();
         let timers = shared.lock_timers();
         let all = shared.lock_all();
         let registers = match config.mode {
@@ -180,6 +216,8 @@ impl<M: GuestAddressSpace> Vp<M> {
                 Mode::Userspace => timers.stimers.iter().map(|t| t.state).collect(),
                 Mode::Kernel => Vec::new(),
             },
+            message_page: overlays.save(OverlayId::Vp(self.slot, VpPage::Simp)),
+            event_flags_page: overlays.save(OverlayId::Vp(self.slot, VpPage::Siefp)),
         }
     }
 
@@ -195,12 +233,12 @@ impl<M: GuestAddressSpace> Vp<M> {
             return Err(mismatch("there must be 16 queues"));
         }
         let timers_expected = match (config.mode, state.version) {
-            (Mode::Userspace, STATE_VERSION) => STIMER_COUNT,
+            (Mode::Userspace, version) if version >= TIMERS_VERSION => STIMER_COUNT,
             _ => 0,
         };
         if state.timers.len() != timers_expected {
             return Err(mismatch(
-                "there must be 4 timer schedules (userspace mode, version 2) or none",
+                "there must be 4 timer schedules (userspace mode, version 2 on) or none",
             ));
         }
         for queue in &state.queues {
@@ -255,6 +293,7 @@ impl<M: GuestAddressSpace> Vp<M> {
                     scontrol: find(index::SCONTROL)?,
                     simp: find(index::SIMP)?,
                     siefp: find(index::SIEFP)?,
+                    placements: Default::default(),
                 }
             }
         };
@@ -270,6 +309,26 @@ impl<M: GuestAddressSpace> Vp<M> {
             });
         }
         let shared = partition.vp_at(self.slot);
+        let pages = [
+            (VpPage::Simp, page_regs.simp, &state.message_page),
+            (VpPage::Siefp, page_regs.siefp, &state.event_flags_page),
+        ]
+        .map(|(page, reg, saved)| {
+            let id = OverlayId::Vp(self.slot, page);
+            (id, synic_msr::PageRegister(reg).enabled_gpa(), saved)
+        });
+        let mem = partition.memory.memory();
+        let mut overlays = partition.lock_overlays();
+        if state.version >= OVERLAY_VERSION {
+            for &(id, gpa, saved) in &pages {
+                overlays.check_install(&*mem, id, gpa, saved)?;
+            }
+            if let [(_, Some(a), s), (_, Some(b), e)] = &pages {
+                if a == b && s.placed && e.placed {
+                    return Err(mismatch("two overlays are placed at one address"));
+                }
+            }
+        }
         {
             let mut timers = shared.lock_timers();
             let mut all = shared.lock_all();
@@ -288,6 +347,14 @@ impl<M: GuestAddressSpace> Vp<M> {
             self.regs = regs;
             shared.set_index(state.vp_index);
             shared.set_page_regs(&all, page_regs);
+            for &(id, gpa, saved) in &pages {
+                if state.version >= OVERLAY_VERSION {
+                    overlays.install(&*mem, id, gpa, saved);
+                } else {
+                    overlays.install_legacy(&*mem, id, gpa);
+                }
+            }
+            shared.set_placements(&all, overlays.vp_placements(self.slot));
             let now = partition.reference_time();
             for t in StimerIndex::ALL {
                 let timer = &mut timers.stimers[t.as_usize()];
@@ -308,11 +375,10 @@ impl<M: GuestAddressSpace> Vp<M> {
                 .zip(&state.queues)
             {
                 st.sint = self.regs.sint(sint);
-                for (i, m) in saved.iter().enumerate() {
-                    st.queue.insert(i, *m);
-                }
+                st.queue.prepend(saved, config.queue_capacity);
             }
         }
+        drop(overlays);
         if config.mode == Mode::Userspace {
             for sint in SintIndex::ALL {
                 partition

@@ -10,14 +10,15 @@ use std::sync::Arc;
 
 use synic_msr::index;
 use synic_msr::{
-    Change, Gp, GpReason, KvmSynic, Msr, Origin, PageUpdate, Scope, StimerIndex, VpRegisters,
-    WriteOutcome,
+    Change, Gp, GpReason, KvmSynic, Msr, Origin, PageRegister, PageUpdate, Scope, StimerIndex,
+    VpRegisters, WriteOutcome,
 };
 use vm_memory::GuestAddressSpace;
 
 use crate::delivery::PageRegs;
 use crate::error::{Error, MsrError};
 use crate::message::HvMessage;
+use crate::overlay::{PageMove, Uncovered};
 use crate::page;
 use crate::partition::Partition;
 use crate::shared::VpShared;
@@ -26,8 +27,10 @@ use crate::{Mode, SintIndex, VpIndex};
 /// What the VMM must do after an accepted MSR write, beyond resuming the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VmmAction {
-    /// `HYPERCALL` is enabled: (re)fill the hypercall page at `gpa` with the VMM's hypercall
-    /// sequence.
+    /// `HYPERCALL` is enabled and its overlay page lies over guest RAM at `gpa`: (re)fill it
+    /// with the VMM's hypercall sequence. Also returned by a write that moved or disabled
+    /// another overlay page enabled at `gpa` first, uncovering a hypercall page that was
+    /// enabled under it (docs/synic-design.md, "Overlay pages").
     FillHypercallPage {
         /// The page's guest physical address.
         gpa: u64,
@@ -152,14 +155,7 @@ impl<M: GuestAddressSpace> Vp<M> {
         self.user_mode(index)?;
         let msr = Msr::from_index(index).ok_or(Gp::new(index, GpReason::UnknownMsr))?;
         if msr.scope() == Scope::Partition {
-            let outcome = self.partition.registers().write(msr, value, origin)?;
-            let action = match outcome.change {
-                Change::HypercallPage { new, .. } if new.enabled() => {
-                    Some(VmmAction::FillHypercallPage { gpa: new.gpa() })
-                }
-                _ => None,
-            };
-            return Ok(MsrWrite { outcome, action });
+            return self.write_partition(msr, value, origin);
         }
         if msr == Msr::VpIndex {
             return self.write_vp_index(value, origin);
@@ -201,6 +197,48 @@ impl<M: GuestAddressSpace> Vp<M> {
                 Ok(())
             }
         }
+    }
+
+    /// GUEST_OS_ID, HYPERCALL (TIME_REF_COUNT: refused or ignored by the register model). A
+    /// HYPERCALL change moves the hypercall page overlay (TLFS "GPA Overlay Pages": disabling
+    /// it uncovers the RAM it hid); a guest enabling it at an address that is not RAM gets #GP
+    /// with the register unchanged, as with KVM.
+    fn write_partition(
+        &mut self,
+        msr: Msr,
+        value: u64,
+        origin: Origin,
+    ) -> Result<MsrWrite, MsrError> {
+        let partition = Arc::clone(&self.partition);
+        let mut registers = partition.registers();
+        let outcome = registers.write(msr, value, origin)?;
+        let Change::HypercallPage { old, new } = outcome.change else {
+            return Ok(MsrWrite {
+                outcome,
+                action: None,
+            });
+        };
+        let to = new.enabled().then(|| new.gpa());
+        if let (Some(gpa), Origin::Guest) = (to, origin) {
+            let mem = partition.memory.memory();
+            if let Err(error) = page::resolve(&*mem, gpa).map(|_| ()) {
+                // Writing back the value the register held before cannot fail (a host write
+                // passes the Locked bit).
+                let _ = registers.write(Msr::Hypercall, old.0, Origin::Host);
+                return Err(MsrError::Refused {
+                    index: msr.index(),
+                    error,
+                });
+            }
+        }
+        let (uncovered, placed) = partition.move_hypercall_page(to, false);
+        drop(registers);
+        partition.redeliver_uncovered(uncovered);
+        let action = match to {
+            Some(gpa) if placed => Some(VmmAction::FillHypercallPage { gpa }),
+            _ => None,
+        };
+        Ok(MsrWrite { outcome, action })
     }
 
     fn write_vp_index(&mut self, value: u64, origin: Origin) -> Result<MsrWrite, MsrError> {
@@ -246,11 +284,16 @@ impl<M: GuestAddressSpace> Vp<M> {
                     self.partition.redeliver_all(shared);
                 }
             }
-            Change::MessagePage(update) => {
-                self.apply_page(outcome.msr, update)?;
-                self.partition.redeliver_all(shared);
+            Change::MessagePage(update) | Change::EventFlagsPage(update) => {
+                let uncovered = self.apply_page(outcome.msr, update)?;
+                if outcome.msr == Msr::Simp {
+                    self.partition.redeliver_all(shared);
+                }
+                self.partition.redeliver_uncovered(uncovered);
+                return Ok(uncovered
+                    .hypercall_page
+                    .map(|gpa| VmmAction::FillHypercallPage { gpa }));
             }
-            Change::EventFlagsPage(update) => self.apply_page(outcome.msr, update)?,
             Change::Eom => {
                 shared.count_eom();
                 self.partition.redeliver_all(shared);
@@ -266,18 +309,17 @@ impl<M: GuestAddressSpace> Vp<M> {
         Ok(None)
     }
 
-    /// Publishes a SIMP/SIEFP write to the delivery paths. Holding all SINT locks makes the
-    /// switch atomic with respect to slot writes and flag updates: none is in flight on the
-    /// old page once this returns, and none starts on it afterwards.
-    fn apply_page(&mut self, msr: Msr, update: PageUpdate) -> Result<(), MsrError> {
-        let shared = self.partition.vp_at(self.slot);
-        let all = shared.lock_all();
+    /// Publishes a SIMP/SIEFP write: moves the overlay page (TLFS "GPA Overlay Pages") and
+    /// switches delivery to it. Holding all SINT locks makes the switch atomic with respect to
+    /// slot writes and flag updates: none is in flight on the old page once this returns, and
+    /// none starts on it afterwards.
+    fn apply_page(&mut self, msr: Msr, update: PageUpdate) -> Result<Uncovered, MsrError> {
         if update.zero_page {
-            // KVM SynIC v1 zeroes the page on every enable-write; failure -> #GP, register
-            // unchanged.
+            // KVM SynIC v1 zeroes the page on every enable-write (here: the overlay's
+            // content); a page that is not RAM -> #GP, register unchanged.
             let mem = self.partition.memory.memory();
-            if let Err(error) = page::resolve(&*mem, update.new.gpa()).and_then(|p| p.zero()) {
-                drop(all);
+            let resolved = page::resolve(&*mem, update.new.gpa()).map(|_| ());
+            if let Err(error) = resolved {
                 // Writing back the value the register held before cannot fail.
                 let _ = self.regs.write(msr, update.old.0, Origin::Host);
                 return Err(MsrError::Refused {
@@ -286,14 +328,15 @@ impl<M: GuestAddressSpace> Vp<M> {
                 });
             }
         }
-        let mut regs = shared.page_regs_all(&all);
-        if msr == Msr::Simp {
-            regs.simp = update.new.0;
-        } else {
-            regs.siefp = update.new.0;
-        }
-        shared.set_page_regs(&all, regs);
-        Ok(())
+        let change = PageMove {
+            regs: PageRegs::of(&self.regs),
+            zero: [
+                msr == Msr::Simp && update.zero_page,
+                msr == Msr::Siefp && update.zero_page,
+            ],
+            reset: false,
+        };
+        Ok(self.partition.move_vp_pages(self.slot, change, |_| {}))
     }
 
     /// Kernel mode: applies a `KVM_EXIT_HYPERV_SYNIC` notification (the guest wrote SCONTROL,
@@ -306,45 +349,63 @@ impl<M: GuestAddressSpace> Vp<M> {
         if !matches!(exit.msr, index::SCONTROL | index::SIEFP | index::SIMP) {
             return Err(Error::UnexpectedSynicExit { msr: exit.msr });
         }
-        let shared = self.partition.vp_at(self.slot);
-        {
-            let all = shared.lock_all();
-            shared.set_page_regs(
-                &all,
-                PageRegs {
-                    scontrol: exit.control,
-                    simp: exit.msg_page,
-                    siefp: exit.evt_page,
-                },
-            );
-        }
-        self.partition.redeliver_all(shared);
+        // KVM SynIC v1 zeroed the page in guest RAM at the write (what the overlay hid is lost);
+        // the overlay's content is zeroed too, as the guest saw it.
+        let v1 = self.regs.kvm_synic() == Some(KvmSynic::V1);
+        let enables = |msr, reg| v1 && exit.msr == msr && PageRegister(reg).enabled();
+        let change = PageMove {
+            regs: PageRegs {
+                scontrol: exit.control,
+                simp: exit.msg_page,
+                siefp: exit.evt_page,
+                placements: Default::default(),
+            },
+            zero: [
+                enables(index::SIMP, exit.msg_page),
+                enables(index::SIEFP, exit.evt_page),
+            ],
+            reset: false,
+        };
+        let partition = Arc::clone(&self.partition);
+        let uncovered = partition.move_vp_pages(self.slot, change, |_| {});
+        partition.redeliver_all(partition.vp_at(self.slot));
+        partition.redeliver_uncovered(uncovered);
         Ok(())
     }
 
     /// Back to power-on state (VP reset / INIT): registers reset (profile, VP index and KVM
-    /// activation kept), timers stopped, pages disabled, SINTs masked. Messages still queued are returned to
-    /// the caller rather than dropped silently. Counters are kept.
+    /// activation kept), timers stopped, SINTs masked, the message and event-flags pages
+    /// disabled (the RAM they hid is back) and their overlay contents zeroed (TLFS; a message
+    /// still in a slot goes with its page). Messages still queued are returned to the caller
+    /// rather than dropped silently. Counters are kept.
     pub fn reset(&mut self) -> Vec<(SintIndex, HvMessage)> {
         self.disarm_timers();
         self.regs.reset();
-        let shared = self.partition.vp_at(self.slot);
+        let partition = Arc::clone(&self.partition);
+        let regs = &self.regs;
         let mut dropped = Vec::new();
-        {
-            let mut all = shared.lock_all();
-            shared.set_page_regs(&all, PageRegs::of(&self.regs));
+        // TLFS: the overlay pages are disabled (the RAM they hid comes back) and their
+        // contents zeroed; messages still in a slot go with them.
+        let change = PageMove {
+            regs: PageRegs::of(regs),
+            zero: [false; 2],
+            reset: true,
+        };
+        let uncovered = partition.move_vp_pages(self.slot, change, |all| {
             for (sint, st) in SintIndex::ALL.into_iter().zip(all.guards.iter_mut()) {
-                st.sint = self.regs.sint(sint);
-                dropped.extend(st.queue.drain(..).map(|m| (sint, m)));
+                st.sint = regs.sint(sint);
+                dropped.extend(st.queue.take_all().into_iter().map(|m| (sint, m)));
             }
-        }
-        if self.partition.config().mode == Mode::Userspace {
+        });
+        let shared = partition.vp_at(self.slot);
+        if partition.config().mode == Mode::Userspace {
             for sint in SintIndex::ALL {
-                self.partition
+                partition
                     .raise
                     .sint_changed(shared.index(), sint, self.regs.sint(sint));
             }
         }
+        partition.redeliver_uncovered(uncovered);
         dropped
     }
 }

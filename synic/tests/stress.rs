@@ -4,9 +4,10 @@
 //! (default 4, at least 4) device threads to four SINTs of one VP, retrying on backpressure
 //! with the message the model hands back. The guest thread takes interrupts, runs the TLFS ISR
 //! with real atomics on guest memory (read, clear the type, fence, EOM if MessagePending), and
-//! every `SYNIC_STRESS_MOVE_EVERY` messages moves its message page to another page, reads what
-//! was left in the old one, and later checks nothing was written there while it was not in
-//! use. Kernel mode runs the same with acks arriving from a separate "resamplefd" thread.
+//! every `SYNIC_STRESS_MOVE_EVERY` messages moves its message page to another page, every other
+//! time by disabling it first (an overlay: the slots go along, the old address shows its own
+//! RAM again) and checks that the RAM at both addresses is what it was, so nothing wrote a page
+//! while it was not in use. Kernel mode runs the same with acks arriving from a separate "resamplefd" thread.
 //!
 //! Checked: every message received exactly once (no loss, no duplicate), each producer's
 //! messages to a SINT in order, counters consistent. Run with `--nocapture` for the summary.
@@ -154,26 +155,37 @@ impl Guest {
         }
     }
 
-    /// Moves the message page; what was left in the old page is read afterwards (once the
-    /// write returned, the host must not touch it any more).
-    fn move_page(&mut self, producers: u32) {
+    /// Moves the message page: every other time straight to the other page, otherwise by
+    /// disabling it (posts meanwhile queue or are refused as full), checking the RAM is back,
+    /// and enabling it at the other page. It is an overlay page (TLFS "GPA Overlay Pages"): its
+    /// slots go with it, messages and MessagePending included, and the old address shows the RAM
+    /// it hid again — zero here, and still zero when the page comes back (nothing may write a
+    /// page not in use).
+    fn move_page(&mut self) {
         let old = PAGES[self.page];
         self.page ^= 1;
         let new = PAGES[self.page];
-        for sint in 0..SINTS {
-            if self.peek_type(new, sint) != 0 {
+        if !self.page_is_zero(new) {
+            self.tally.stale_writes += 1;
+        }
+        if self.tally.moves % 2 == 1 {
+            self.set_simp(old);
+            if !self.page_is_zero(old) {
                 self.tally.stale_writes += 1;
             }
         }
         self.set_simp(new | 1);
         self.tally.moves += 1;
-        for sint in 0..SINTS {
-            self.isr(old, sint, producers);
+        if !self.page_is_zero(old) {
+            self.tally.stale_writes += 1;
         }
     }
 
-    fn peek_type(&self, page: u64, sint: u32) -> u32 {
-        guest_slot_type(&self.mem, page + 256 * u64::from(sint))
+    fn page_is_zero(&self, page: u64) -> bool {
+        let mut bytes = [0u8; 4096];
+        vm_memory::Bytes::read_slice(&*self.mem, &mut bytes, vm_memory::GuestAddress(page))
+            .unwrap();
+        bytes.iter().all(|&b| b == 0)
     }
 }
 
@@ -257,7 +269,7 @@ fn run(mode: Mode, total: u64) {
                 }
                 if g.tally.received != last_progress.1 {
                     if g.tally.received / move_every != last_progress.1 / move_every {
-                        g.move_page(producers);
+                        g.move_page();
                     }
                     last_progress = (Instant::now(), g.tally.received);
                 }
@@ -449,14 +461,18 @@ fn slot_release_racing_a_post_never_strands_a_message() {
 }
 
 /// Event flags under contention: device threads signal random flags while the guest thread
-/// takes the interrupts and clears the flags with atomic swaps. Every 0 -> 1 transition the
-/// model reports must be one interrupt and exactly one flag the guest later clears; every other
-/// signal must have found its flag already set.
+/// takes the interrupts and clears the flags with atomic swaps, and every 50 sweeps moves its
+/// event-flags page to the other of two pages (every other time by disabling it first; signals
+/// refused meanwhile are retried). Every 0 -> 1 transition the model reports must be one
+/// interrupt and exactly one flag the guest later clears, on whichever page the flags page is
+/// then (an overlay carries its flags along); every other signal must have found its flag
+/// already set; the page not in use holds its own RAM (zero).
 #[test]
 fn concurrent_event_flags_are_each_seen_once() {
     use std::sync::atomic::AtomicU64 as Word;
 
-    const SIEFP: u64 = 0x3_0000;
+    const SIEFPS: [u64; 2] = [0x3_0000, 0x3_2000];
+    const SIEFP: u64 = SIEFPS[0];
     let signals = env("SYNIC_STRESS_MESSAGES", 100_000);
     let mem = new_memory();
     let apic = Arc::new(GuestApic::default());
@@ -482,8 +498,8 @@ fn concurrent_event_flags_are_each_seen_once() {
     }
     let done = Arc::new(AtomicBool::new(false));
     // The guest: on an interrupt for a SINT, swap each of its 32 flag words to 0 and count.
-    let sweep = |mem: &Space, sint: u32| -> u64 {
-        let base = SIEFP + 256 * u64::from(sint);
+    let sweep = |mem: &Space, page: u64, sint: u32| -> u64 {
+        let base = page + 256 * u64::from(sint);
         (0..32u64)
             .map(|w| {
                 let word = common::with_guest_word(mem, base + 8 * w, |x: &Word| {
@@ -496,20 +512,34 @@ fn concurrent_event_flags_are_each_seen_once() {
     let guest = {
         let (mem, apic, done) = (mem.clone(), Arc::clone(&apic), Arc::clone(&done));
         thread::spawn(move || {
-            let mut seen = 0u64;
+            let (mut seen, mut sweeps, mut page, mut stale) = (0u64, 0u64, 0usize, 0u64);
             while !done.load(Ordering::SeqCst) {
                 let raised = apic.raised.swap(0, Ordering::SeqCst);
                 if raised == 0 {
                     thread::park_timeout(Duration::from_millis(1));
+                    continue;
                 }
                 for sint in 0..SINTS {
                     if raised & (1 << sint) != 0 {
-                        seen += sweep(&mem, sint);
+                        seen += sweep(&mem, SIEFPS[page], sint);
                     }
+                }
+                sweeps += 1;
+                if sweeps % 50 == 0 {
+                    let (old, new) = (SIEFPS[page], SIEFPS[page ^ 1]);
+                    if sweeps % 100 == 0 {
+                        vp.wrmsr(index::SIEFP, old, Origin::Guest).unwrap();
+                    }
+                    vp.wrmsr(index::SIEFP, new | 1, Origin::Guest).unwrap();
+                    page ^= 1;
+                    stale += (0..SINTS).map(|s| sweep(&mem, old, s)).sum::<u64>();
                 }
             }
             // Whatever is still set had its interrupt raised too.
-            seen + (0..SINTS).map(|s| sweep(&mem, s)).sum::<u64>()
+            let left = (0..SINTS)
+                .map(|s| sweep(&mem, SIEFPS[page], s))
+                .sum::<u64>();
+            (seen + left, sweeps / 50, stale)
         })
     };
     apic.guest.set(guest.thread().clone()).unwrap();
@@ -526,7 +556,14 @@ fn concurrent_event_flags_are_each_seen_once() {
                     x ^= x >> 7;
                     x ^= x << 17;
                     let (sint, flag) = ((x % u64::from(SINTS)) as u32, ((x >> 8) % 64) as u32);
-                    match partition.signal_event(VpIndex(0), sint, flag).unwrap() {
+                    // Refused only while the guest has its page disabled: retry.
+                    let outcome = loop {
+                        match partition.signal_event(VpIndex(0), sint, flag) {
+                            Err(synic::Error::EventFlagsPageDisabled { .. }) => thread::yield_now(),
+                            other => break other.unwrap(),
+                        }
+                    };
+                    match outcome {
                         synic::FlagOutcome::Set => set += 1,
                         synic::FlagOutcome::AlreadySet => coalesced += 1,
                     }
@@ -543,14 +580,15 @@ fn concurrent_event_flags_are_each_seen_once() {
     }
     done.store(true, Ordering::SeqCst);
     guest.thread().unpark();
-    let seen = guest.join().unwrap();
+    let (seen, moves, stale) = guest.join().unwrap();
     let t = partition.counters(VpIndex(0)).unwrap().total();
     eprintln!(
         "event flags: {} signals, {set} set, {coalesced} coalesced, guest cleared {seen}, \
-         raises {}",
+         raises {}, page moves {moves}",
         4 * per,
         counted.raises.load(Ordering::SeqCst)
     );
+    assert_eq!(stale, 0, "a flag was set on a page not in use");
     assert_eq!(set + coalesced, 4 * per);
     assert_eq!((t.flags_set, t.flags_coalesced), (set, coalesced));
     assert_eq!(

@@ -53,4 +53,6 @@ every_setup! {
     save_restore_mid_traffic => save_restore::save_restore_mid_traffic;
     pause_save_resume_mid_traffic => save_restore::pause_save_resume_mid_traffic;
     enlightenments_advertised_work_the_rest_faults => enlightenments::advertised_work_and_the_rest_faults;
+    overlay_pages_hide_and_give_back_ram => overlays::overlay_pages_hide_and_give_back_ram;
+    stale_message_page_is_not_a_wedge => overlays::message_after_enabling_simp_on_a_stale_page_is_delivered;
 }

@@ -1,13 +1,14 @@
 //! The model checker: the partition, the simulated guest, and the bookkeeping that checks
 //! them after every operation. A violated rule panics with a description of the step.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use synic_msr::{index, Change, Origin, Profile, Sint};
 use vm_memory::GuestAddress;
 use zerocopy::IntoBytes;
 
+use super::covers::{same_but_for_redelivery, Covers, PageBytes, Spot, PAGE};
 use super::guest::{clear_dirty, dirty_pages, guest_write, guest_write_byte, Harness, Mem};
 use super::op::{Isr, Op, Setup, PAGES, RAM_END, SIEFP_PAGES, SINTS};
 use crate::testing::RaiseEvent;
@@ -56,10 +57,15 @@ fn is_stimer_config(msr: u32) -> bool {
     (index::STIMER0_CONFIG..=index::STIMER3_COUNT).contains(&msr) && msr.is_multiple_of(2)
 }
 
-/// The page a page register enables, when it is in guest RAM.
-fn ram_page(reg: u64) -> Option<u64> {
-    let gpa = reg & !0xFFF;
-    (reg & 1 != 0 && in_ram(gpa)).then_some(gpa)
+/// The page a page register enables (in RAM or not).
+fn enabled_page(reg: u64) -> Option<u64> {
+    (reg & 1 != 0).then_some(reg & !0xFFF)
+}
+
+/// The message in slot `s` of a page.
+fn slot_message(page: &[u8; PAGE], s: usize) -> HvMessage {
+    use zerocopy::FromBytes;
+    HvMessage::read_from_bytes(&page[256 * s..256 * (s + 1)]).expect("256 bytes")
 }
 
 /// The partition and simulated guest, checked after every [`apply`](Self::apply).
@@ -83,6 +89,11 @@ pub struct Checker {
     outstanding: [usize; S],
     /// Ids handed back by a reset.
     returned: HashSet<u64>,
+    /// Ids in the message page's slots at a reset, which zeroed the page with them (TLFS: the
+    /// overlay pages are zeroed at VP reset): delivered, and gone with the guest's state.
+    wiped: HashSet<u64>,
+    /// The message and event-flags overlay pages as the checker expects them.
+    covers: Covers,
     /// Ids the guest consumed.
     seen: HashSet<u64>,
     /// Per SINT: the guest broke the protocol (saw MessagePending and did not EOM, or wrote
@@ -114,6 +125,8 @@ impl Checker {
             last_received: [None; S],
             outstanding: [0; S],
             returned: HashSet::new(),
+            wiped: HashSet::new(),
+            covers: Covers::new(),
             seen: HashSet::new(),
             owes: [false; S],
             before: VpCounters::default(),
@@ -141,14 +154,61 @@ impl Checker {
         self.setup.profile == Profile::Tlfs && self.scontrol & 1 == 0
     }
 
-    /// The message page, when enabled and in RAM.
+    /// The message page, when it lies over RAM (the guest sees it).
     fn page(&self) -> Option<u64> {
-        ram_page(self.simp)
+        match self.covers.c[0].spot {
+            Spot::Placed(g) => Some(g),
+            _ => None,
+        }
     }
 
-    /// The event-flags page, when enabled and in RAM.
-    fn flags_page(&self) -> Option<u64> {
-        ram_page(self.siefp)
+    /// The bytes of the guest page at `gpa`.
+    fn read_page(&self, gpa: u64) -> PageBytes {
+        let mut page = Box::new([0u8; PAGE]);
+        vm_memory::Bytes::read_slice(&*self.harness.mem, &mut page[..], GuestAddress(gpa))
+            .expect("a page in RAM");
+        page
+    }
+
+    /// The guest pages in RAM at `gpas`, before a register change touches them.
+    fn snapshot(&self, gpas: impl IntoIterator<Item = u64>) -> BTreeMap<u64, PageBytes> {
+        gpas.into_iter()
+            .filter(|&g| in_ram(g))
+            .map(|g| (g, self.read_page(g)))
+            .collect()
+    }
+
+    /// After a register change: moves the checker's overlay pages to the registers' new
+    /// addresses on `snapshot` (the pages as they were) and compares every touched page with
+    /// guest memory. The message page may differ only where the change's redelivery wrote a
+    /// message into a free slot or set MessagePending on a busy one.
+    fn check_overlays(
+        &mut self,
+        mut snapshot: BTreeMap<u64, PageBytes>,
+        reset: bool,
+        before: &VpCounters,
+        what: &str,
+    ) {
+        let to = [enabled_page(self.simp), enabled_page(self.siefp)];
+        let changed = self.covers.change(&mut snapshot, to, reset, in_ram);
+        if changed.message_page_placed {
+            // Placing the message page retries delivery on every SINT.
+            self.owes = [false; S];
+        }
+        let now = self.harness.partition.counters(VpIndex(0)).unwrap();
+        let delivered = |s: usize| now.sints[s].delivered > before.sints[s].delivered;
+        for (gpa, expected) in &snapshot {
+            let actual = self.read_page(*gpa);
+            let message_page = Some(*gpa) == self.page();
+            if let Err(s) = same_but_for_redelivery(expected, &actual, message_page, delivered) {
+                panic!(
+                    "{what}: page {gpa:#x} slot {s} holds {:?}, expected {:?} (overlays {:?})",
+                    slot_message(&actual, s),
+                    slot_message(expected, s),
+                    [self.covers.c[0].spot, self.covers.c[1].spot],
+                );
+            }
+        }
     }
 
     fn well_behaved_registers(&mut self) {
@@ -170,7 +230,14 @@ impl Checker {
     /// SIMP and SIEFP as written and reports them in an exit, acks every SINT on EOM, and
     /// keeps SINTs to itself.
     fn write_reg(&mut self, msr: u32, value: u64) -> bool {
-        let old_simp = self.simp;
+        let moves_pages =
+            matches!(msr, index::SIMP | index::SIEFP) || (!self.user() && msr == index::SCONTROL);
+        let snapshot = moves_pages.then(|| {
+            let gpas: Vec<u64> = self.covers.gpas().chain([value & !0xFFF]).collect();
+            self.snapshot(gpas)
+        });
+        let counters = self.harness.partition.counters(VpIndex(0)).unwrap();
+        let what = format!("{msr:#x} = {value:#x}");
         if self.user() {
             let before = self.read_registers();
             match self.harness.vps[0].wrmsr(msr, value, Origin::Guest) {
@@ -191,6 +258,9 @@ impl Checker {
                         before,
                         "refused write {msr:#x} = {value:#x} ({e}) changed registers"
                     );
+                    if let Some(snapshot) = snapshot {
+                        self.check_overlays(snapshot, false, &counters, &what);
+                    }
                     return false;
                 }
             }
@@ -222,12 +292,10 @@ impl Checker {
             // Every exit retries delivery on all SINTs.
             self.owes = [false; S];
         }
-        // The guest reads what it left in a message page it moved away from or disabled
-        // (it is still its RAM).
-        if let Some(page) = ram_page(old_simp).filter(|&p| Some(p) != self.page()) {
-            for s in 0..SINTS {
-                self.consume(page, s);
-            }
+        // Overlay pages: a page that moved or was disabled took its content (messages in its
+        // slots included) along and uncovered the RAM it hid.
+        if let Some(snapshot) = snapshot {
+            self.check_overlays(snapshot, false, &counters, &what);
         }
         true
     }
@@ -301,8 +369,8 @@ impl Checker {
             let i = usize::from(s);
             assert!(self.seen.insert(id), "message {id} delivered twice");
             assert!(
-                !self.returned.contains(&id),
-                "message {id} delivered after a reset returned it"
+                !self.returned.contains(&id) && !self.wiped.contains(&id),
+                "message {id} delivered after a reset returned or wiped it"
             );
             if let Some(last) = self.last_received[i] {
                 assert!(id > last, "SINT{s}: {id} after {last}: not FIFO");
@@ -330,7 +398,7 @@ impl Checker {
     /// Applies `op` and checks every rule; panics with a description on a violation.
     pub fn apply(&mut self, op: &Op) {
         clear_dirty(&self.harness.mem);
-        let pages_before = [self.page(), self.flags_page()];
+        let pages_before: Vec<u64> = self.covers.gpas().collect();
         match *op {
             Op::Post { sint, hypervisor } => self.post(sint, hypervisor),
             Op::Isr { sint, how } => {
@@ -477,10 +545,6 @@ impl Checker {
     }
 
     fn signal(&mut self, s: u32, flag: u32) {
-        if s < u32::from(SINTS) && self.flags_page().is_some() && self.flags_page() == self.page() {
-            // The flags land in the message slot: the guest asked for it.
-            self.guest_takes_slot(s as u8);
-        }
         let flags_gpa = self.siefp & !0xFFF;
         let expected = if s >= 16 {
             Err(Error::InvalidSint { sint: s })
@@ -499,6 +563,9 @@ impl Checker {
                 vp: VpIndex(0),
                 sint: crate::SintIndex::ALL[s as usize],
             })
+        } else if self.covers.c[1].spot == Spot::Shadowed(flags_gpa) {
+            // Under the message page enabled at the same address first.
+            Err(Error::PageShadowed { gpa: flags_gpa })
         } else if !in_ram(flags_gpa) {
             Err(Error::PageNotInRam { gpa: flags_gpa })
         } else if self.harness.flag_is_set_at(flags_gpa, s as u8, flag) {
@@ -522,9 +589,21 @@ impl Checker {
         self.before = VpCounters::default();
         self.harness.partition.restore(&part_state).unwrap();
         self.harness.vps[0].restore(&vp_state).unwrap();
+        // The overlay pages come back exactly: what the host kept for each, and where each is
+        // (delivery writes only into guest memory, never into what the host keeps).
+        let again = self.harness.vps[0].save();
+        assert_eq!(
+            (&again.message_page, &again.event_flags_page),
+            (&vp_state.message_page, &vp_state.event_flags_page),
+            "overlay pages after save/restore"
+        );
+        assert_eq!(
+            self.harness.partition.save().hypercall_page,
+            part_state.hypercall_page
+        );
         // Queues may differ now: restore retries delivery (a slot freed without EOM fills),
         // and a one-shot timer whose expiry waited for that slot clears its Enable bit.
-        let restored = self.harness.vps[0].save().registers;
+        let restored = again.registers;
         assert_eq!(restored.len(), vp_state.registers.len());
         for (&(msr, now), &(saved_msr, saved)) in restored.iter().zip(&vp_state.registers) {
             let fired = is_stimer_config(msr) && saved & 0b11 == 0b01 && now == saved & !1;
@@ -537,7 +616,18 @@ impl Checker {
 
     fn reset(&mut self) {
         self.owes = [false; S];
-        let old_page = self.page();
+        let gpas: Vec<u64> = self.covers.gpas().collect();
+        let snapshot = self.snapshot(gpas);
+        let counters = self.harness.partition.counters(VpIndex(0)).unwrap();
+        // The reset zeroes the message page's content, wherever it is: the messages in its
+        // slots go with it (delivered, and gone with the rest of the guest's VP state).
+        let content = self.covers.content(0, |g| self.read_page(g));
+        for s in 0..SINTS {
+            if let Some(id) = real_id(&slot_message(&content, usize::from(s))) {
+                assert!(!self.seen.contains(&id) && self.wiped.insert(id));
+                self.outstanding[usize::from(s)] -= 1;
+            }
+        }
         for (s, m) in self.harness.vps[0].reset() {
             let id = real_id(&m).expect("queued messages are the checker's");
             assert!(s.get() < SINTS && self.accepted[s.as_usize()].contains(&id));
@@ -552,12 +642,8 @@ impl Checker {
         if self.user() {
             self.sints = [Sint::RESET; S];
         }
-        // What was delivered before the reset is still in the guest's RAM; it reads it.
-        if let Some(page) = old_page {
-            for s in 0..SINTS {
-                self.consume(page, s);
-            }
-        }
+        // Both pages are off, the RAM they hid is back, their contents are zero.
+        self.check_overlays(snapshot, true, &counters, "reset");
     }
 
     /// Accepted on `s` and neither received nor returned.
@@ -565,15 +651,17 @@ impl Checker {
         self.outstanding[usize::from(s)]
     }
 
-    /// 1 when the current message page holds an unconsumed real message for `s`.
+    /// 1 when the message page's content (in RAM where it lies over RAM, otherwise in the
+    /// host) holds an unconsumed real message for `s`.
     fn in_slot(&self, s: u8) -> usize {
-        match self.page() {
-            Some(page) => usize::from(real_id(&self.harness.slot_at(page, s)).is_some()),
-            None => 0,
-        }
+        let m = match self.page() {
+            Some(page) => self.harness.slot_at(page, s),
+            None => slot_message(&self.covers.c[0].hidden, usize::from(s)),
+        };
+        usize::from(real_id(&m).is_some())
     }
 
-    fn check_step(&mut self, op: &Op, pages_before: [Option<u64>; 2]) {
+    fn check_step(&mut self, op: &Op, pages_before: Vec<u64>) {
         let now = self.harness.partition.counters(VpIndex(0)).unwrap();
         // Only this step's raises (the checker is the recorder's one reader).
         let raises: Vec<_> = self
@@ -629,12 +717,9 @@ impl Checker {
             }
         }
         self.before = now;
-        // The host wrote only the message and event-flags pages in force before or after.
-        let allowed: Vec<u64> = pages_before
-            .into_iter()
-            .chain([self.page(), self.flags_page()])
-            .flatten()
-            .collect();
+        // The host wrote only pages where the message or event-flags page was enabled before
+        // or after (swapping overlays in and out, delivering).
+        let allowed: Vec<u64> = pages_before.into_iter().chain(self.covers.gpas()).collect();
         for page in dirty_pages(&self.harness.mem) {
             assert!(
                 allowed.contains(&page),
@@ -647,6 +732,11 @@ impl Checker {
     pub fn drain(&mut self) {
         self.well_behaved_registers();
         let page = PAGES[1];
+        assert_eq!(
+            self.page(),
+            Some(page),
+            "a well-behaved message page lies over RAM"
+        );
         // Each round frees every slot once. A non-lazy periodic timer that missed periods
         // reports each (up to MAX_CATCH_UP_PERIODS) and its expiries take a freed slot first,
         // so queued messages may wait behind that many; the clock stands still here, so the
@@ -668,7 +758,11 @@ impl Checker {
         for s in 0..SINTS {
             let mut lost: Vec<_> = self.accepted[usize::from(s)]
                 .iter()
-                .filter(|id| !self.seen.contains(id) && !self.returned.contains(id))
+                .filter(|id| {
+                    !self.seen.contains(id)
+                        && !self.returned.contains(id)
+                        && !self.wiped.contains(id)
+                })
                 .collect();
             lost.sort_unstable();
             assert!(lost.is_empty(), "SINT{s}: lost {lost:?}");

@@ -30,6 +30,7 @@
 //! ```
 
 mod checker;
+mod covers;
 pub mod guest;
 pub mod hypercall;
 mod op;

@@ -7,4 +7,5 @@ mod events;
 mod kernel;
 mod messages;
 mod msrs;
+mod overlays;
 mod state;

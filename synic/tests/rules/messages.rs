@@ -332,15 +332,24 @@ fn message_page_outside_ram_refuses_the_post_without_queueing() {
 }
 
 #[test]
-fn page_move_delivers_to_the_new_page_only() {
+fn page_move_carries_the_slot_along_and_delivers_to_the_new_page_only() {
     let mut h = Harness::enabled();
     h.post(0, 3, 1);
     h.post(0, 3, 2);
     let new_page = 0x8_0000;
     clear_dirty(&h.mem);
     h.wrmsr(0, index::SIMP, new_page | 1);
+    // The message page is an overlay: the slot content moved with it, the old address shows
+    // the RAM it hid (zero here) again, and the queued message waits behind the busy slot.
+    let moved = h.slot_at(new_page, 3);
+    assert_eq!(id_of(&moved), 1);
+    assert!(moved.header.message_flags.pending());
+    assert!(h.slot(0, 3).header.message_type.is_none());
+    assert_eq!(dirty_pages(&h.mem), vec![simp_gpa(0), new_page]);
+    clear_dirty(&h.mem);
+    assert!(h.guest_free_slot_at(new_page, 3));
+    h.eom(0);
     assert_eq!(id_of(&h.slot_at(new_page, 3)), 2);
-    assert_eq!(id_of(&h.slot(0, 3)), 1, "the old page is left alone");
     assert_eq!(dirty_pages(&h.mem), vec![new_page]);
 }
 

@@ -247,3 +247,134 @@ fn a_never_activated_kvm_synic_round_trips() {
     dst.vps[0].restore(&state).unwrap();
     assert_eq!(dst.vps[0].save(), state);
 }
+
+/// A page of `byte`s.
+fn fill(mem: &Space, gpa: u64, byte: u8) {
+    mem.write_slice(&[byte; 4096], GuestAddress(gpa)).unwrap();
+}
+
+fn page(mem: &Space, gpa: u64) -> Vec<u8> {
+    let mut out = vec![0u8; 4096];
+    mem.read_slice(&mut out, GuestAddress(gpa)).unwrap();
+    out
+}
+
+#[test]
+fn saved_state_carries_what_the_host_keeps_for_each_overlay_page() {
+    const X: u64 = 0x8_0000;
+    const Y: u64 = 0x9_0000;
+    const H: u64 = 0xA_0000;
+    let mut src = Harness::with_config(config(Mode::Userspace));
+    fill(&src.mem, Y, 0x5C);
+    fill(&src.mem, H, 0x3D);
+    src.wrmsr(0, index::SCONTROL, 1);
+    // SIMP: a message left in its slot, then disabled (the content is in the host).
+    src.wrmsr(0, index::SIMP, X | 1);
+    src.post(0, 6, 42);
+    src.wrmsr(0, index::SIMP, X);
+    // SIEFP: enabled over a pattern (the RAM it hides is in the host).
+    src.wrmsr(0, index::SIEFP, Y | 1);
+    // The hypercall page: enabled over another pattern.
+    src.wrmsr(0, index::GUEST_OS_ID, 1);
+    src.wrmsr(0, index::HYPERCALL, H | 1);
+    let vp_state = src.vps[0].save();
+    let part_state = src.partition.save();
+    assert!(!vp_state.message_page.placed && vp_state.message_page.page.len() == 4096);
+    assert!(vp_state.event_flags_page.placed);
+    assert_eq!(vp_state.event_flags_page.page, vec![0x5C; 4096]);
+    assert!(part_state.hypercall_page.placed);
+    assert_eq!(part_state.hypercall_page.page, vec![0x3D; 4096]);
+    // A VP with nothing but zeros keeps nothing.
+    let idle = src.vps[1].save();
+    assert!(idle.message_page.page.is_empty() && idle.event_flags_page.page.is_empty());
+
+    let mut dst = Harness::with_memory(config(Mode::Userspace), copy_memory(&src.mem));
+    dst.partition.restore(&part_state).unwrap();
+    dst.vps[0].restore(&vp_state).unwrap();
+    assert_eq!(dst.vps[0].save(), vp_state);
+    assert_eq!(
+        dst.partition.save().hypercall_page,
+        part_state.hypercall_page
+    );
+    dst.wrmsr(0, index::SIMP, X | 1);
+    assert_eq!(id_of(&dst.slot_at(X, 6)), 42);
+    dst.wrmsr(0, index::SIEFP, 0);
+    assert_eq!(page(&dst.mem, Y), vec![0x5C; 4096]);
+    dst.wrmsr(0, index::HYPERCALL, H);
+    assert_eq!(page(&dst.mem, H), vec![0x3D; 4096]);
+}
+
+#[test]
+fn a_version_2_state_restores_enabled_pages_as_lying_over_zeroed_ram() {
+    const X: u64 = 0x8_0000;
+    let mut src = Harness::with_config(config(Mode::Userspace));
+    fill(&src.mem, X, 0x77);
+    src.wrmsr(0, index::SCONTROL, 1);
+    src.wrmsr(0, index::SIMP, X | 1);
+    src.post(0, 0, 1);
+    let mut state = src.vps[0].save();
+    // What a version-2 build wrote: no overlay data (the fields are ignored, whatever they say).
+    state.version = 2;
+    state.message_page.page = vec![1; 7];
+    let mut dst = Harness::with_memory(config(Mode::Userspace), copy_memory(&src.mem));
+    dst.vps[0].restore(&state).unwrap();
+    assert_eq!(
+        id_of(&dst.slot_at(X, 0)),
+        1,
+        "the page in guest memory is the overlay"
+    );
+    let migrated = dst.vps[0].save();
+    assert!(migrated.message_page.placed && migrated.message_page.page.is_empty());
+    dst.wrmsr(0, index::SIMP, X);
+    assert_eq!(
+        page(&dst.mem, X),
+        vec![0; 4096],
+        "the RAM under it is taken as zero"
+    );
+    // A version-2 partition state: the hypercall page likewise.
+    const H: u64 = 0xA_0000;
+    fill(&src.mem, H, 0x66);
+    src.wrmsr(0, index::GUEST_OS_ID, 1);
+    src.wrmsr(0, index::HYPERCALL, H | 1);
+    let mut part = src.partition.save();
+    part.version = 2;
+    part.hypercall_page.page.clear();
+    let mut dst = Harness::with_memory(config(Mode::Userspace), copy_memory(&src.mem));
+    dst.partition.restore(&part).unwrap();
+    assert!(dst.partition.save().hypercall_page.placed);
+    dst.wrmsr(0, index::HYPERCALL, H);
+    assert_eq!(page(&dst.mem, H), vec![0; 4096]);
+}
+
+#[test]
+fn restore_refuses_overlay_state_that_does_not_fit() {
+    const X: u64 = 0x8_0000;
+    let mut src = Harness::with_config(config(Mode::Userspace));
+    src.wrmsr(0, index::SIMP, X | 1);
+    let good = src.vps[0].save();
+    let mut dst = Harness::with_memory(config(Mode::Userspace), copy_memory(&src.mem));
+    let refused = |dst: &mut Harness, s: &synic::VpState| {
+        matches!(dst.vps[0].restore(s), Err(Error::StateMismatch { .. }))
+    };
+    let mut s = good.clone();
+    s.message_page.page = vec![0; 100];
+    assert!(refused(&mut dst, &s), "a page of 100 bytes");
+    let mut s = good.clone();
+    s.event_flags_page.placed = true;
+    assert!(refused(&mut dst, &s), "placed while SIEFP is disabled");
+    let mut s = good.clone();
+    s.registers.retain(|&(msr, _)| msr != index::SIEFP);
+    s.registers.push((index::SIEFP, X | 1));
+    s.event_flags_page.placed = true;
+    assert!(refused(&mut dst, &s), "two pages placed at one address");
+    // VP 1 restoring a page placed where VP 0's page is placed already.
+    dst.vps[0].restore(&good).unwrap();
+    let mut s = good.clone();
+    s.vp_index = 1;
+    assert!(matches!(
+        dst.vps[1].restore(&s),
+        Err(Error::StateMismatch { .. })
+    ));
+    // Nothing changed by the refusals: VP 0's page is still in place.
+    assert_eq!(dst.vps[0].save(), good);
+}

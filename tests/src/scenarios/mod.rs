@@ -6,4 +6,5 @@ pub mod events;
 pub mod hypercalls;
 pub mod messages;
 pub mod msrs;
+pub mod overlays;
 pub mod save_restore;
