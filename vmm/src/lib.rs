@@ -43,7 +43,6 @@ pub mod synic_vm;
 pub mod timers;
 pub mod vcpu;
 pub mod vm;
-pub mod vmbus;
 
 pub use control::{StopReason, VmControl};
 pub use cpuid::HvFeatures;
