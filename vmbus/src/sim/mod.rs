@@ -3,6 +3,7 @@
 //! real [`synic::Partition`] and hypercall [`synic::hypercall::Connections`], answering the
 //! integration services the way `hv_utils` and `hv_kvp_daemon` do.
 
+pub mod fuzz;
 pub mod guest;
 pub mod messages;
 pub mod ring;

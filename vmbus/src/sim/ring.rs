@@ -97,6 +97,10 @@ impl GuestRing {
         let size = self.size();
         let read = self.load(mem, 4, Ordering::Acquire);
         let write = self.load(mem, 0, Ordering::Relaxed);
+        // A header someone scribbled on: this guest stops writing.
+        if read >= size || write >= size || !write.is_multiple_of(8) {
+            return Err(());
+        }
         let avail = if write >= read {
             size - (write - read)
         } else {
@@ -131,6 +135,9 @@ impl GuestRing {
     pub fn read<M: GuestMemoryBackend>(&mut self, mem: &M) -> Option<GuestPacket> {
         let size = self.size();
         let write = self.load(mem, 0, Ordering::Acquire);
+        if write >= size {
+            return None;
+        }
         let avail = if write >= self.priv_read {
             write - self.priv_read
         } else {
@@ -167,7 +174,7 @@ impl GuestRing {
     pub fn close<M: GuestMemoryBackend>(&mut self, mem: &M) -> bool {
         let size = self.size();
         fence(Ordering::SeqCst);
-        let start = self.load(mem, 4, Ordering::Relaxed);
+        let start = self.load(mem, 4, Ordering::Relaxed) % size;
         self.store(mem, 4, self.priv_read, Ordering::Release);
         if self.load(mem, 64, Ordering::Relaxed) & 1 == 0 {
             return false;
@@ -177,7 +184,7 @@ impl GuestRing {
         if pending == 0 {
             return false;
         }
-        let write = self.load(mem, 0, Ordering::Acquire);
+        let write = self.load(mem, 0, Ordering::Acquire) % size;
         let read = self.priv_read;
         let free_now = if write >= read {
             size - (write - read)
