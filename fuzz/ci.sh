@@ -11,7 +11,7 @@ cd "$(dirname "$0")"
 seconds="${FUZZ_SECONDS:-25}"
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(msr_access synic_model hypercall routing_ops)
+    targets=(msr_access synic_model hypercall routing_ops vmbus)
 fi
 
 skip() {

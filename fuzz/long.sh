@@ -15,7 +15,7 @@ seconds="${1:?usage: long.sh SECONDS [TARGET...]}"
 shift
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(msr_access synic_model hypercall routing_ops)
+    targets=(msr_access synic_model hypercall routing_ops vmbus)
 fi
 extra=()
 if [ -n "${RUNS:-}" ]; then

@@ -1,21 +1,29 @@
 #!/bin/bash
-# Linux VMBus handshake test: a stock Debian kernel's hv_vmbus connects to synic-vmm's VMBus
-# host inside kvm-lab, in kernel mode and in userspace mode.
+# Linux VMBus test: a stock Debian kernel's hv_vmbus and hv_utils, with Debian's hv_kvp_daemon,
+# against synic-vmm's VMBus host and integration services inside kvm-lab, in kernel mode and
+# in userspace mode.
 #
 #   ci/linux-vmbus/run.sh [MODE...]        (default: kernel userspace)
 #
 # Prepares (cached under $KVM_LAB_DIR/linux-vmbus, default ~/.cache/kvm-lab/linux-vmbus): the
 # kvm-lab machine, Debian's kernel package (the same version kvm-lab boots; downloaded with apt
-# because kvm-lab keeps only a few modules) with hv_vmbus.ko and its dependencies, an initramfs
-# (busybox-static + ci/linux-vmbus/init), and a release build of synic-vmm. Then boots the guest
-# once per mode inside one kvm-lab run and checks the logs.
+# because kvm-lab keeps only a few modules) with hv_vmbus.ko, hv_utils.ko and their
+# dependencies, Debian's hyperv-daemons package (hv_kvp_daemon and the libraries it links), an
+# initramfs (busybox-static + ci/linux-vmbus/init and poweroff), and a release build of
+# synic-vmm. Then boots the guest once per mode inside one kvm-lab run: the host exchanges
+# LINUX_VMBUS_HEARTBEATS heartbeats (default 10000) back to back, reads the guest's host name
+# through KVP, sends a time sample and asks the guest to shut down through the shutdown service.
 #
-# Passes (exit 0) when, in every mode, the guest powered off cleanly, its log shows
-# "hv_vmbus: Vmbus version:X.Y" and no Hyper-V/VMBus/SynIC error, and the host's exchange log
-# shows INITIATE_CONTACT/VERSION_RESPONSE, REQUESTOFFERS/ALLOFFERS_DELIVERED and
-# UNLOAD/UNLOAD_RESPONSE with nothing refused. Exit 1 on failure; exit 77 (SKIPPED, said loudly)
-# when the lab or the kernel package cannot be prepared (no package mirror reachable).
-# Logs go to $LINUX_VMBUS_OUT (default target/linux-vmbus under the repository).
+# Passes (exit 0) when, in every mode: the guest powered off at the host's request (by itself:
+# the kernel's orderly power-off runs /sbin/poweroff, which unloads the drivers); every
+# heartbeat was answered; the KVP host name is the one the guest printed; the four services
+# opened and negotiated; its log shows "hv_vmbus: Vmbus version:X.Y" and no Hyper-V/VMBus/SynIC
+# error; the host's exchange log shows the handshake, the offers, the opens, the closes and
+# UNLOAD/UNLOAD_RESPONSE with nothing refused. Prints one line per mode:
+#   PASS <mode>: heartbeats N/N (p50 .. us, p99 .. us), kvp HostName=<name>, shutdown by host in <s> s
+# Exit 1 on failure; exit 77 (SKIPPED, said loudly) when the lab or a package cannot be
+# prepared (no package mirror reachable). Logs go to $LINUX_VMBUS_OUT (default
+# target/linux-vmbus under the repository).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -24,7 +32,8 @@ modes=("$@")
 LAB=${KVM_LAB_DIR:-$HOME/.cache/kvm-lab}
 cache="$LAB/linux-vmbus"
 out=${LINUX_VMBUS_OUT:-$root/target/linux-vmbus}
-guest_timeout=${LINUX_VMBUS_GUEST_TIMEOUT:-120}
+guest_timeout=${LINUX_VMBUS_GUEST_TIMEOUT:-240}
+heartbeats=${LINUX_VMBUS_HEARTBEATS:-10000}
 name=linux-vmbus
 # shellcheck source=../lab-common.sh
 . "$root/ci/lab-common.sh"
@@ -33,7 +42,7 @@ mkdir -p "$out" || fail "cannot create $out"
 # 1. The lab (qemu, busybox-static, its own kernel).
 "$kvmlab" --setup >"$out/setup.log" 2>&1 || skip "kvm-lab --setup failed (see $out/setup.log)"
 
-# 2. The kernel package again, for hv_vmbus.ko.
+# 2. The kernel package again, for hv_vmbus.ko and hv_utils.ko.
 pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
 if [ -z "$pkg" ]; then
   apt-get update -qq >/dev/null 2>&1
@@ -41,13 +50,15 @@ if [ -z "$pkg" ]; then
 fi
 [ -n "$pkg" ] || skip "cannot find Debian's kernel package (no package mirror reachable?)"
 kdir="$cache/$pkg"
-if [ ! -f "$kdir/ready" ]; then
-  say "fetching $pkg for hv_vmbus.ko"
+want_modules="hv_vmbus hv_utils"
+if [ "$(cat "$kdir/ready" 2>/dev/null)" != "$want_modules" ]; then
+  say "fetching $pkg for $want_modules"
   rm -rf "$kdir" && mkdir -p "$kdir/deb" "$kdir/x" || fail "cannot create $kdir"
   (cd "$kdir/deb" && apt-get download -qq "$pkg" >/dev/null 2>&1) \
     || skip "apt-get download $pkg failed (no package mirror reachable?)"
   dpkg-deb --fsys-tarfile "$kdir"/deb/*.deb \
     | tar -x -C "$kdir/x" --wildcards './boot/vmlinuz-*' './lib/modules/*/kernel/drivers/hv/*' \
+        './lib/modules/*/kernel/drivers/ptp/*' './lib/modules/*/kernel/drivers/pps/*' \
     || fail "cannot extract $pkg"
   cp "$kdir"/x/boot/vmlinuz-* "$kdir/vmlinuz" || fail "no vmlinuz in $pkg"
   mkdir -p "$kdir/modules"
@@ -69,20 +80,43 @@ if [ ! -f "$kdir/ready" ]; then
     done
     order+=("$m")
   }
-  add hv_vmbus
+  for m in $want_modules; do add "$m"; done
   printf '%s\n' "${order[@]}" >"$kdir/modules.order"
   rm -rf "$kdir/deb" "$kdir/x"
-  touch "$kdir/ready"
+  echo "$want_modules" >"$kdir/ready"
 fi
 say "kernel $pkg, modules: $(tr '\n' ' ' <"$kdir/modules.order")"
+
+# 2b. Debian's hyperv-daemons: hv_kvp_daemon answers the host's KVP requests in the guest.
+ddir="$cache/hyperv-daemons"
+if [ ! -f "$ddir/ready" ]; then
+  say "fetching hyperv-daemons for hv_kvp_daemon"
+  rm -rf "$ddir" && mkdir -p "$ddir/deb" "$ddir/x" || fail "cannot create $ddir"
+  (cd "$ddir/deb" && apt-get download -qq hyperv-daemons >/dev/null 2>&1) \
+    || skip "apt-get download hyperv-daemons failed (no package mirror reachable?)"
+  dpkg-deb -x "$ddir"/deb/*.deb "$ddir/x" || fail "cannot extract hyperv-daemons"
+  cp "$ddir/x/usr/sbin/hv_kvp_daemon" "$ddir/hv_kvp_daemon" || fail "no hv_kvp_daemon in hyperv-daemons"
+  basename "$ddir"/deb/*.deb >"$ddir/version"
+  rm -rf "$ddir/deb" "$ddir/x"
+  touch "$ddir/ready"
+fi
+say "hv_kvp_daemon from $(cat "$ddir/version")"
 
 # 3. The initramfs.
 busybox=$(command -v busybox || echo /bin/busybox)
 [ -x "$busybox" ] || skip "busybox-static is not installed (kvm-lab --setup installs it)"
 rootfs="$cache/rootfs"
-rm -rf "$rootfs" && mkdir -p "$rootfs"/{bin,proc,sys,dev,lib/modules} || fail "cannot build $rootfs"
+rm -rf "$rootfs" && mkdir -p "$rootfs"/{bin,sbin,proc,sys,dev,lib/modules,usr/sbin,var/lib} \
+  || fail "cannot build $rootfs"
 cp "$busybox" "$rootfs/bin/busybox"
 cp "$here/init" "$rootfs/init" && chmod +x "$rootfs/init"
+cp "$here/poweroff" "$rootfs/sbin/poweroff" && chmod +x "$rootfs/sbin/poweroff"
+cp "$ddir/hv_kvp_daemon" "$rootfs/usr/sbin/hv_kvp_daemon"
+# Its libraries (this machine is the same Debian release as the package), at the paths ldd
+# names, and the dynamic loader.
+for lib in $(ldd "$ddir/hv_kvp_daemon" | grep -oE '/[^ ]+'); do
+  mkdir -p "$rootfs$(dirname "$lib")" && cp -L "$lib" "$rootfs$lib" || fail "cannot copy $lib"
+done
 cp "$kdir"/modules/*.ko "$rootfs/lib/modules/"
 cp "$kdir/modules.order" "$rootfs/modules.order"
 python3 "$(dirname "$kvmlab")/mkcpio.py" "$rootfs" "$cache/initrd.gz" >/dev/null \
@@ -101,7 +135,7 @@ say "booting Linux under synic-vmm in kvm-lab, modes: ${modes[*]}"
 t0=$(date +%s)
 lab_run() { # MODE... -> appends to $out/lab.log
   "$kvmlab" --timeout $((guest_timeout * $# + 120)) \
-    "$here/in-lab.sh" "$bin" "$kdir/vmlinuz" "$cache/initrd.gz" "$guest_timeout" "$@" \
+    "$here/in-lab.sh" "$bin" "$kdir/vmlinuz" "$cache/initrd.gz" "$guest_timeout" "$heartbeats" "$@" \
     >>"$out/lab.log" 2>&1
 }
 : >"$out/lab.log"
@@ -171,20 +205,45 @@ for mode in "${modes[@]}"; do
   [ -z "$errs" ] || problems+=("Hyper-V/VMBus errors in the guest log: $errs")
   grep -q 'Call Trace' "$g" && problems+=("a kernel backtrace in the guest log")
   for want in 'INITIATE_CONTACT from' 'VERSION_RESPONSE: version [0-9.]+ supported' \
-              'REQUESTOFFERS from' 'ALLOFFERS_DELIVERED' 'UNLOAD from' 'UNLOAD_RESPONSE'; do
+              'REQUESTOFFERS from' 'ALLOFFERS_DELIVERED \(4 offered\)' \
+              'OPENCHANNEL_RESULT channel 1: open' 'OPENCHANNEL_RESULT channel 2: open' \
+              'OPENCHANNEL_RESULT channel 3: open' 'OPENCHANNEL_RESULT channel 4: open' \
+              'CLOSECHANNEL channel 1 from' 'GPADL_TORNDOWN' 'UNLOAD from' 'UNLOAD_RESPONSE'; do
     grep -qE "vmbus: .*$want" "$h" || problems+=("host exchange log lacks '$want'")
   done
+  for svc in heartbeat shutdown timesync kvp; do
+    grep -qE "^vmbus: channel [0-9]+ $svc: opened 1x, framework [0-9.]+ service [0-9.]+" "$h" \
+      || problems+=("the $svc service did not open and negotiate")
+  done
   grep -qE '^vmbus: .* 0 refused' "$h" || problems+=("the host refused or ignored messages")
+  hb=$(grep -oE '^vmbus: heartbeats [0-9]+/[0-9]+ answered \(p50 [0-9]+ us, p99 [0-9]+ us' "$h" | head -1)
+  hb_ok=$(echo "$hb" | sed -nE 's/.*heartbeats ([0-9]+)\/([0-9]+) .*/\1 \2/p')
+  [ -n "$hb" ] && [ "${hb_ok% *}" = "$heartbeats" ] && [ "${hb_ok#* }" = "$heartbeats" ] \
+    || problems+=("heartbeats: ${hb:-none reported} (want $heartbeats/$heartbeats)")
+  p50=$(echo "$hb" | sed -nE 's/.*p50 ([0-9]+) us.*/\1/p')
+  p99=$(echo "$hb" | sed -nE 's/.*p99 ([0-9]+) us.*/\1/p')
+  guest_name=$(sed -n 's/^linux-vmbus: hostname //p' "$g" | head -1)
+  kvp_name=$(sed -n 's/^vmbus: kvp FullyQualifiedDomainName=//p' "$h" | head -1)
+  [ -n "$guest_name" ] && [ "$kvp_name" = "$guest_name" ] \
+    || problems+=("KVP host name '${kvp_name}' is not the guest's '${guest_name}'")
+  grep -qE '^vmbus: time sample \(service [0-9.]+\) acknowledged' "$h" || problems+=("no time sample acknowledged")
+  by_host=$(sed -nE 's/^synic-vmm: guest powered off at the host.s request \(shutdown service, ([0-9.]+) s after it\).*/\1/p' "$h")
+  [ -n "$by_host" ] || problems+=("the guest did not power off at the host's request")
+  grep -q 'linux-vmbus: orderly power-off requested' "$g" || problems+=("the guest's orderly power-off (/sbin/poweroff) did not run")
+  for m in hv_utils hv_vmbus; do
+    grep -q "linux-vmbus: $m unloaded" "$g" || problems+=("$m did not unload at power-off")
+  done
   version=$(grep -oE 'Vmbus version:[0-9.]+' "$g" | head -1)
   at_init=$(sed -n 's/^linux-vmbus: \/init reached at \([0-9.]*\) s uptime.*/\1/p' "$g" | head -1)
   if [ ${#problems[@]} -eq 0 ]; then
-    say "PASS $mode: ${version#Vmbus }; wall clock from VM start: /init at ${init_wall:-?} s, VMBus connected at ${vmbus_wall:-?} s, powered off at ${wall:-?} s (guest uptime at /init ${at_init:-?} s)"
+    say "PASS $mode: heartbeats $heartbeats/$heartbeats (p50 $p50 us, p99 $p99 us), kvp HostName=$kvp_name, shutdown by host in $by_host s"
+    say "  $mode: ${version#Vmbus }; wall clock from VM start: /init at ${init_wall:-?} s, VMBus connected at ${vmbus_wall:-?} s, powered off at ${wall:-?} s (guest uptime at /init ${at_init:-?} s)"
   else
     status=1
     say "FAIL $mode:"
     for p in "${problems[@]}"; do say "  - $p"; done
   fi
-  grep -E 'hv_vmbus|Hyper-V|hyperv' "$g" | grep -v '^linux-vmbus' | sed "s/^/linux-vmbus: [$mode guest] /" >&2
+  grep -E 'hv_vmbus|hv_utils|Hyper-V|hyperv' "$g" | grep -v '^linux-vmbus' | sed "s/^/linux-vmbus: [$mode guest] /" >&2
   grep -E '^vmbus: ' "$h" | sed "s/^/linux-vmbus: [$mode host] /" >&2
   grep -E '^synic-vmm: guest' "$h" | sed "s/^/linux-vmbus: [$mode host] /" >&2
 done

@@ -7,11 +7,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The library crates (directory, package).
-const LIBRARIES: [(&str, &str); 4] = [
+const LIBRARIES: [(&str, &str); 5] = [
     ("msr", "synic-msr"),
     ("synic", "synic"),
     ("routing", "synic-routing"),
     ("kvm", "synic-kvm"),
+    ("vmbus", "synic-vmbus"),
 ];
 
 fn root() -> PathBuf {

@@ -39,7 +39,6 @@ pub mod snapshot;
 pub mod synic_vm;
 pub mod vcpu;
 pub mod vm;
-pub mod vmbus;
 
 pub use control::{StopReason, VmControl};
 pub use error::{Error, Result};

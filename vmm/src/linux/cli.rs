@@ -2,20 +2,30 @@
 
 use std::time::Duration;
 
+use synic_vmbus::Version;
+
+use super::host_script::{HostScript, ScriptReport};
 use super::{run, LinuxImage, LinuxReport, LinuxRun, PowerEvent};
 use crate::control::StopReason;
-use crate::vmbus::Version;
 use synic_kvm::ModeRequest;
 
 /// Usage of `synic-vmm linux`.
 pub const USAGE: &str =
     "  synic-vmm linux [--smp N] [--mem MiB] [--timeout S] [--mode auto|kernel|userspace]
                   [--no-hyperv] [--no-vmbus] [--vmbus-max-version X.Y] [--initrd FILE]
-                  [--append ARGS] [--timestamps] KERNEL
+                  [--append ARGS] [--timestamps] [--heartbeats N] [--kvp KEY]...
+                  [--time-sample] [--shutdown-after S] KERNEL
                                     boot a Linux bzImage with COM1 on stdout (Hyper-V
-                                    enlightenments, SynIC and the VMBus host on by default; the
-                                    VMBus exchange is printed on stderr at the end); exit status 0
-                                    when the guest powers off or halts, 3 on reset";
+                                    enlightenments, SynIC, the VMBus host and its heartbeat,
+                                    shutdown, time-sync and KVP services on by default; the
+                                    VMBus exchange and what the services answered are printed
+                                    on stderr at the end); --heartbeats N exchanges N heartbeats
+                                    back to back, --kvp KEY reads a guest intrinsic KVP item
+                                    (FullyQualifiedDomainName: its host name), --time-sample
+                                    sends a time sample, --shutdown-after S asks the guest to
+                                    power off through the shutdown service S seconds after
+                                    those (and the service being ready); exit status 0 when the
+                                    guest powers off or halts, 3 on reset";
 
 /// The command line every boot gets; `--append` adds to it.
 pub const BASE_CMDLINE: &str = "console=ttyS0 panic=-1 pci=off io_delay=none";
@@ -39,6 +49,7 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<LinuxRun, String> {
         mode: ModeRequest::Auto,
         hyperv: true,
         vmbus: Some(Version::WIN10_V5_3),
+        script: HostScript::default(),
         timeout: None,
         console: Box::new(std::io::stdout()),
         progress: None,
@@ -85,14 +96,26 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<LinuxRun, String> {
             "--no-vmbus" => r.vmbus = None,
             "--vmbus-max-version" => {
                 let v = value("--vmbus-max-version")?;
-                let parsed = v
-                    .split_once('.')
-                    .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
-                    .map(|(a, b)| Version(a << 16 | b))
-                    .filter(|v| Version::ALL.contains(v));
-                r.vmbus = Some(parsed.ok_or(format!(
-                    "--vmbus-max-version {v}: one of 5.3 5.2 5.1 5.0 4.1 4.0 3.0 2.4 1.1 0.13"
+                r.vmbus = Some(Version::parse(&v).ok_or(format!(
+                    "--vmbus-max-version {v}: one of 5.3 5.2 5.1 5.0 4.1 4.0 3.0"
                 ))?);
+            }
+            "--heartbeats" => {
+                let v = value("--heartbeats")?;
+                r.script.heartbeats = v
+                    .parse()
+                    .map_err(|_| format!("--heartbeats {v}: not a count"))?;
+            }
+            "--kvp" => r.script.kvp.push(value("--kvp")?),
+            "--time-sample" => r.script.time_sample = true,
+            "--shutdown-after" => {
+                let v = value("--shutdown-after")?;
+                let s: f64 = v
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| *s >= 0.0 && s.is_finite())
+                    .ok_or(format!("--shutdown-after {v}: not a number of seconds"))?;
+                r.script.shutdown_after = Some(Duration::from_secs_f64(s));
             }
             "--initrd" => {
                 let path = value("--initrd")?;
@@ -132,7 +155,24 @@ fn summary(report: &LinuxReport) -> (String, u8) {
         .map(|s| s.hypercalls + s.hyperv)
         .sum();
     let secs = report.outcome.elapsed.as_secs_f64();
+    let requested = report
+        .script
+        .as_ref()
+        .and_then(|s| s.shutdown.as_ref())
+        .filter(|(_, r)| r.is_ok())
+        .map(|(at, _)| *at);
     let (what, status) = match (report.power, &report.outcome.reason) {
+        (Some(PowerEvent::PowerOff), _) if requested.is_some() => (
+            format!(
+                "powered off at the host's request (shutdown service, {:.1} s after it)",
+                report
+                    .outcome
+                    .elapsed
+                    .saturating_sub(requested.unwrap_or_default())
+                    .as_secs_f64()
+            ),
+            0,
+        ),
         (Some(PowerEvent::PowerOff), _) => ("powered off".to_string(), 0),
         (Some(PowerEvent::Halt), _) => ("halted".to_string(), 0),
         (Some(PowerEvent::Reset), _) => ("reset".to_string(), EXIT_RESET),
@@ -152,6 +192,69 @@ fn summary(report: &LinuxReport) -> (String, u8) {
         ),
         status,
     )
+}
+
+fn micros(d: Option<Duration>) -> String {
+    d.map_or("-".into(), |d| format!("{}", d.as_micros()))
+}
+
+fn print_script(s: &ScriptReport) {
+    for (kind, r) in &s.ready {
+        match r {
+            Ok(n) => eprintln!(
+                "vmbus: {kind} service ready: framework {} service {}",
+                n.framework, n.service
+            ),
+            Err(e) => eprintln!("vmbus: {kind} service not ready: {e}"),
+        }
+    }
+    let hb = &s.heartbeats;
+    if hb.asked > 0 {
+        eprintln!(
+            "vmbus: heartbeats {}/{} answered (p50 {} us, p99 {} us, max {} us){}",
+            hb.answered,
+            hb.asked,
+            micros(hb.percentile(50)),
+            micros(hb.percentile(99)),
+            micros(hb.percentile(100)),
+            hb.first_error
+                .as_ref()
+                .map_or(String::new(), |e| format!("; first failure: {e}"))
+        );
+    }
+    for (key, r) in &s.kvp {
+        match r {
+            Ok(Some(v)) => eprintln!("vmbus: kvp {key}={v}"),
+            Ok(None) => eprintln!("vmbus: kvp {key}: the guest has no such item"),
+            Err(e) => eprintln!("vmbus: kvp {key}: {e}"),
+        }
+    }
+    match &s.time {
+        Some(Ok(t)) => eprintln!(
+            "vmbus: time sample (service {}) acknowledged in {} us: host time {} (100 ns since \
+             1601), reference time {}",
+            t.service,
+            t.round_trip.as_micros(),
+            t.host_time,
+            t.reference_time
+        ),
+        Some(Err(e)) => eprintln!("vmbus: time sample: {e}"),
+        None => {}
+    }
+    match &s.shutdown {
+        Some((at, Ok(()))) => eprintln!(
+            "vmbus: shutdown requested at {:.1} s: accepted by the guest",
+            at.as_secs_f64()
+        ),
+        Some((at, Err(e))) => eprintln!(
+            "vmbus: shutdown requested at {:.1} s: {e}",
+            at.as_secs_f64()
+        ),
+        None => {}
+    }
+    if s.cut_short {
+        eprintln!("vmbus: the VM stopped before the host script finished");
+    }
 }
 
 /// Runs `synic-vmm linux ARGS`; returns the process exit status.
@@ -175,9 +278,14 @@ pub fn command(argv: impl Iterator<Item = String>) -> Result<u8, String> {
 
     if let Some(log) = &report.vmbus {
         eprintln!(
-            "vmbus: {} messages exchanged, {} refused; negotiated {}; {}",
-            log.exchanges.len(),
-            log.errors(),
+            "vmbus: {} log entries, {} refused{}; negotiated {}; {}",
+            log.log.total(),
+            log.log.errors(),
+            if log.log.dropped() > 0 {
+                format!(" ({} oldest not kept)", log.log.dropped())
+            } else {
+                String::new()
+            },
             log.negotiated
                 .map_or("no version".to_string(), |v| format!("version {v}")),
             match log.connection {
@@ -185,9 +293,34 @@ pub fn command(argv: impl Iterator<Item = String>) -> Result<u8, String> {
                 None => "disconnected at the end".to_string(),
             }
         );
-        for e in &log.exchanges {
+        for e in log.log.entries() {
             eprintln!("vmbus: {e}");
         }
+        for c in &log.channels {
+            let s = &c.stats;
+            eprintln!(
+                "vmbus: channel {} {}: opened {}x{}, {} packets to the guest, {} from it, {} \
+                 signals to it, {} from it, {} unexpected{}",
+                c.relid,
+                c.name,
+                s.opens,
+                s.negotiated.map_or(String::new(), |n| format!(
+                    ", framework {} service {}",
+                    n.framework, n.service
+                )),
+                s.packets_to_guest,
+                s.packets_from_guest,
+                s.signals_to_guest,
+                s.signals_from_guest,
+                s.unexpected_packets,
+                s.last_close
+                    .as_ref()
+                    .map_or(String::new(), |w| format!(", last closed: {w}"))
+            );
+        }
+    }
+    if let Some(s) = &report.script {
+        print_script(s);
     }
     eprintln!("{line}");
     Ok(status)

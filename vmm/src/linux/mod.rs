@@ -9,14 +9,18 @@
 //! them in userspace mode, KVM in kernel mode), else calibrated by the kernel against the PIT; the PIT, then the LAPIC
 //! timer, as clock events; the ACPI PM timer and TIME_REF_COUNT as clock sources.
 //!
-//! [`run`] does the whole thing (with or without the SynIC model and the VMBus control plane)
-//! for the `synic-vmm linux` command. `docs/linux-guest.md` has the details.
+//! [`run`] does the whole thing (with or without the SynIC model and the VMBus host with its
+//! integration services, [`vmbus`]) for the `synic-vmm linux` command; [`host_script`] is what
+//! the host asks of the guest's services meanwhile. `docs/linux-guest.md` and `docs/vmbus.md`
+//! have the details.
 
 pub mod acpi;
 pub mod boot;
 pub mod cli;
 pub mod devices;
+pub mod host_script;
 mod run;
+pub mod vmbus;
 
 use std::sync::Arc;
 

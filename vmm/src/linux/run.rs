@@ -1,15 +1,17 @@
 //! `synic-vmm linux`: build the VM, prepare it for Linux, run it to power-off and report.
 
 use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use synic_kvm::HvFeatures;
+use synic_kvm::{ModeRequest, SynicMode};
+use synic_vmbus::{Version, VmbusConfig, VmbusHost, VmbusLog};
+
+use super::host_script::{self, HostScript, ScriptReport};
 use super::{prepare, LinuxError, LinuxImage, PowerEvent};
 use crate::synic_vm::SynicVmBuilder;
 use crate::vcpu::VcpuHandlers;
 use crate::vm::{RunOutcome, Vm, VmConfig};
-use crate::vmbus::{Version, VmbusHost, VmbusLog};
-use synic_kvm::HvFeatures;
-use synic_kvm::{ModeRequest, SynicMode};
 
 /// How to run a Linux guest.
 pub struct LinuxRun {
@@ -24,8 +26,11 @@ pub struct LinuxRun {
     /// Show the guest Hyper-V (CPUID, hypercall page, VP_INDEX, TIME_REF_COUNT, frequency
     /// MSRs). Without it the guest sees a plain PC.
     pub hyperv: bool,
-    /// Attach the VMBus host control plane (needs `hyperv`), speaking versions up to this.
+    /// Attach the VMBus host and its integration services (needs `hyperv`), speaking
+    /// versions up to this.
     pub vmbus: Option<Version>,
+    /// What to ask of the integration services while the guest runs.
+    pub script: HostScript,
     /// Wall-clock limit.
     pub timeout: Option<Duration>,
     /// Where the guest's console goes.
@@ -59,6 +64,8 @@ pub struct LinuxReport {
     pub tsc_hz: u64,
     /// The VMBus host's exchange log, when it was attached.
     pub vmbus: Option<VmbusLog>,
+    /// What the host script did, when there was one.
+    pub script: Option<ScriptReport>,
 }
 
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
@@ -104,6 +111,7 @@ pub fn run(mut r: LinuxRun) -> Result<LinuxReport, LinuxError> {
             outcome,
             tsc_hz: machine.tsc_hz,
             vmbus: None,
+            script: None,
         });
     }
     let mut svm = SynicVmBuilder::new()
@@ -118,18 +126,41 @@ pub fn run(mut r: LinuxRun) -> Result<LinuxReport, LinuxError> {
     let tsc_hz = machine.tsc_hz;
     let host = match (r.vmbus, image.vmbus_acpi) {
         (Some(max), true) => Some(
-            VmbusHost::attach(svm.synic(), max)
-                .map_err(|e| LinuxError::Config(format!("VMBus connections: {e}")))?,
+            super::vmbus::attach(
+                svm.synic(),
+                VmbusConfig {
+                    max_version: max,
+                    ..VmbusConfig::default()
+                },
+            )
+            .map_err(|e| LinuxError::Config(format!("VMBus host: {e}")))?,
         ),
         _ => None,
     };
     let running = svm.start()?;
+    let start = Instant::now();
+    // The script's calls block: it runs beside the VM and learns that the VM stopped when
+    // `vm_running` is dropped.
+    let (vm_running, stopped) = crossbeam_channel::bounded::<()>(0);
+    let script = match &host {
+        Some(h) if !r.script.is_empty() => {
+            let (handle, steps) = (h.handle(), r.script.clone());
+            std::thread::Builder::new()
+                .name("host-script".into())
+                .spawn(move || host_script::run(&handle, &steps, start, &stopped))
+                .ok()
+        }
+        _ => None,
+    };
     let outcome = running.wait_with_progress(r.timeout, PROGRESS_INTERVAL, &mut tick);
+    drop(vm_running);
+    let script = script.and_then(|t| t.join().ok());
     Ok(LinuxReport {
         mode,
         power: machine.power.event(),
         outcome,
         tsc_hz,
         vmbus: host.map(VmbusHost::finish),
+        script,
     })
 }
