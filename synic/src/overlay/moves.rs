@@ -63,20 +63,17 @@ impl<M: GuestAddressSpace> Partition<M> {
         let mut uncovered_gpas = [None; 2];
         {
             let mut all = shared.lock_all();
-            let pages = [
-                (VpPage::Simp, change.regs.simp),
-                (VpPage::Siefp, change.regs.siefp),
-            ];
             // Lift both pages before laying either: a guest that swaps the two addresses in
             // one exit (kernel mode) gets each content at the other's old place.
-            let moving: Vec<_> = pages
-                .iter()
-                .map(|&(page, reg)| {
-                    let id = OverlayId::Vp(slot, page);
-                    let to = PageRegister(reg).enabled_gpa();
-                    (id, to, overlays.gpa(id) != to)
-                })
-                .collect();
+            let moving = [
+                (VpPage::Simp, change.regs.simp),
+                (VpPage::Siefp, change.regs.siefp),
+            ]
+            .map(|(page, reg)| {
+                let id = OverlayId::Vp(slot, page);
+                let to = PageRegister(reg).enabled_gpa();
+                (id, to, overlays.gpa(id) != to)
+            });
             for (n, &(id, _, moves)) in moving.iter().enumerate() {
                 if moves {
                     uncovered_gpas[n] = overlays.lift(&*mem, id);
