@@ -16,11 +16,11 @@ use synic_msr::index::{self, REFERENCE_TSC, VP_ASSIST_PAGE};
 use crate::error::{kvm_err, Error, Result};
 
 /// The registers saved per vCPU, in the order they are restored: GUEST_OS_ID before HYPERCALL
-/// (KVM ignores a HYPERCALL write while the guest OS id is 0), each timer's CONFIG before its
-/// COUNT (one `KVM_SET_MSRS`: the timer starts when the vCPU next runs, with both in place).
-/// SVERSION and TIME_REF_COUNT are read-only, EOM is write-only: none of them is state.
-pub const KERNEL_MSRS: [u32; 32] = {
-    let mut list = [0u32; 32];
+/// (KVM ignores a HYPERCALL write while the guest OS id is 0). SVERSION and TIME_REF_COUNT are
+/// read-only, EOM is write-only: none of them is state. The synthetic timers are not here:
+/// they are the library's in kernel mode too, saved with the model.
+pub const KERNEL_MSRS: [u32; 24] = {
+    let mut list = [0u32; 24];
     let head = [
         index::GUEST_OS_ID,
         index::HYPERCALL,
@@ -40,12 +40,6 @@ pub const KERNEL_MSRS: [u32; 32] = {
     while n < 16 {
         list[head.len() + n] = index::SINT0 + n as u32;
         n += 1;
-    }
-    let mut t = 0;
-    while t < 4 {
-        list[head.len() + 16 + 2 * t] = index::STIMER0_CONFIG + 2 * t as u32;
-        list[head.len() + 16 + 2 * t + 1] = index::STIMER0_COUNT + 2 * t as u32;
-        t += 1;
     }
     list
 };
@@ -148,20 +142,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn saved_registers_cover_the_synic_and_timers_in_restore_order() {
+    fn saved_registers_cover_the_synic_in_restore_order_and_leave_the_timers_to_the_model() {
         let pos = |m: u32| KERNEL_MSRS.iter().position(|&x| x == m).unwrap();
         assert!(pos(index::GUEST_OS_ID) < pos(index::HYPERCALL));
         for n in 0..16 {
             pos(index::SINT0 + n);
         }
-        for t in 0..4 {
-            assert_eq!(
-                pos(index::STIMER0_CONFIG + 2 * t) + 1,
-                pos(index::STIMER0_COUNT + 2 * t)
-            );
-        }
         for m in [index::SVERSION, index::EOM, index::TIME_REF_COUNT] {
             assert!(!KERNEL_MSRS.contains(&m), "{m:#x} is not state");
+        }
+        for t in 0..8 {
+            let m = index::STIMER0_CONFIG + t;
+            assert!(!KERNEL_MSRS.contains(&m), "{m:#x} is the model's");
         }
     }
 }

@@ -163,8 +163,18 @@ impl Capabilities {
         ]
     }
 
-    fn kernel(&self) -> [Requirement; 4] {
+    fn kernel(&self) -> [Requirement; 6] {
         [
+            (
+                self.user_space_msr,
+                "KVM_CAP_X86_USER_SPACE_MSR",
+                "kernel SynIC mode (the synthetic-timer MSRs exit to the library)",
+            ),
+            (
+                self.msr_filter,
+                "KVM_CAP_X86_MSR_FILTER",
+                "kernel SynIC mode (taking the synthetic-timer MSRs from KVM)",
+            ),
             (
                 self.hyperv_synic2,
                 "KVM_CAP_HYPERV_SYNIC2",

@@ -3,8 +3,10 @@
 use std::sync::{Arc, Weak};
 
 use crossbeam_channel::Receiver;
-use synic::{Partition, RaiseSint, SintIndex, VpIndex};
-use synic_routing::{Gsi, KernelSintRoutes, SintCounters, UserSintRoutes};
+use synic::{Partition, RaiseSint, Sint, SintIndex, VpIndex};
+use synic_routing::{
+    Gsi, KernelSintRoutes, MsiRoute, RoutingBackend, SintCounters, UserSintRoutes,
+};
 use vm_memory::GuestAddressSpace;
 
 use crate::error::{Error, Result};
@@ -24,7 +26,7 @@ impl SintRoutes {
     pub fn raise(&self) -> Arc<dyn RaiseSint> {
         match self {
             SintRoutes::User(r) => Arc::clone(r) as Arc<dyn RaiseSint>,
-            SintRoutes::Kernel(r) => Arc::clone(r) as Arc<dyn RaiseSint>,
+            SintRoutes::Kernel(r) => Arc::new(KernelRaise(Arc::clone(r))),
         }
     }
 
@@ -68,6 +70,34 @@ impl SintRoutes {
             SintRoutes::User(r) => r.table(),
             SintRoutes::Kernel(r) => r.table(),
         }
+    }
+}
+
+/// Kernel mode's raise: SINTs through the HV_SINT routes (KVM applies the SINT register), and
+/// a direct-mode synthetic timer's vector — the timers are the model's in kernel mode too — as
+/// one `KVM_SIGNAL_MSI` to the VP's local APIC (VP index n runs on vCPU n, APIC id n).
+struct KernelRaise(Arc<KernelSintRoutes<Routing>>);
+
+impl RaiseSint for KernelRaise {
+    fn raise(&self, vp: VpIndex, sint: SintIndex, vector: u8, auto_eoi: bool) {
+        self.0.raise(vp, sint, vector, auto_eoi);
+    }
+
+    fn sint_changed(&self, vp: VpIndex, sint: SintIndex, value: Sint) {
+        self.0.sint_changed(vp, sint, value);
+    }
+
+    fn raise_vector(&self, vp: VpIndex, vector: u8) {
+        if vector < Sint::FIRST_VALID_VECTOR {
+            return;
+        }
+        // Not delivered (a software-disabled APIC) is what the guest asked for; an error is
+        // KVM's refusal of a well-formed MSI, which only a torn-down VM gives.
+        let _ = self
+            .0
+            .table()
+            .backend()
+            .signal_msi(MsiRoute::fixed(vp.0, vector));
     }
 }
 

@@ -3,8 +3,11 @@
 //! * [`setup_vm`]: MSR exits to userspace. In userspace mode every guest RDMSR/WRMSR of
 //!   `0x4000_0000..=0x4000_00FF` exits (an MSR filter denies them in the kernel, reason
 //!   FILTER), and so does any MSR KVM does not know (UNKNOWN) or refuses (INVAL). Kernel mode
-//!   forwards only the MSRs KVM does not know: forwarding INVAL would let userspace accept a
-//!   SynIC write the in-kernel SynIC refused.
+//!   forwards the MSRs KVM does not know and, through the filter, the synthetic-timer MSRs
+//!   (`STIMER0_CONFIG..=STIMER3_COUNT`): the timers run in the library in both modes, so that
+//!   KVM never writes a timer message into a slot the library writes host messages to (one
+//!   writer per slot). INVAL is not forwarded in kernel mode: that would let userspace accept
+//!   a SynIC write the in-kernel SynIC refused.
 //! * [`setup_vcpu`]: kernel mode activates KVM's SynIC on the vCPU (`KVM_CAP_HYPERV_SYNIC2`,
 //!   which never zeroes the message and event pages, unlike version 1). Do it on every vCPU
 //!   before the SynIC's routes are built ([`crate::VmSynicBuilder::build`]): KVM maps SINTs to
@@ -16,13 +19,16 @@ use kvm_bindings::{
     KVM_MSR_EXIT_REASON_UNKNOWN,
 };
 use kvm_ioctls::{MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VcpuFd, VmFd};
-use synic_msr::index::{HV_MSR_FIRST, HV_MSR_LAST};
+use synic_msr::index::{HV_MSR_FIRST, HV_MSR_LAST, STIMER0_CONFIG, STIMER3_COUNT};
 
 use crate::error::{kvm_err, Result};
 use crate::probe::SynicMode;
 
 /// Number of MSRs the userspace-mode filter sends to userspace (`0x4000_0000..=0x4000_00FF`).
 pub const HV_FILTER_COUNT: u32 = HV_MSR_LAST - HV_MSR_FIRST + 1;
+/// Number of synthetic-timer MSRs the kernel-mode filter sends to userspace
+/// (`STIMER0_CONFIG..=STIMER3_COUNT`).
+pub const STIMER_FILTER_COUNT: u32 = STIMER3_COUNT - STIMER0_CONFIG + 1;
 
 /// Enables MSR exits to userspace for `mode` on the VM (and in userspace mode the filter over
 /// the Hyper-V range). Call once, before the vCPUs run.
@@ -31,7 +37,7 @@ pub fn setup_vm(vm: &VmFd, mode: SynicMode) -> Result<()> {
         SynicMode::Userspace => {
             KVM_MSR_EXIT_REASON_UNKNOWN | KVM_MSR_EXIT_REASON_INVAL | KVM_MSR_EXIT_REASON_FILTER
         }
-        SynicMode::Kernel => KVM_MSR_EXIT_REASON_UNKNOWN,
+        SynicMode::Kernel => KVM_MSR_EXIT_REASON_UNKNOWN | KVM_MSR_EXIT_REASON_FILTER,
     };
     let mut cap = kvm_enable_cap {
         cap: KVM_CAP_X86_USER_SPACE_MSR,
@@ -40,19 +46,21 @@ pub fn setup_vm(vm: &VmFd, mode: SynicMode) -> Result<()> {
     cap.args[0] = u64::from(reasons);
     vm.enable_cap(&cap)
         .map_err(kvm_err("KVM_ENABLE_CAP(X86_USER_SPACE_MSR)"))?;
-    if mode == SynicMode::Userspace {
-        // A clear bit denies the access in the kernel, which with the FILTER reason enabled
-        // means: exit to userspace.
-        let deny_all = [0u8; (HV_FILTER_COUNT / 8) as usize];
-        let range = MsrFilterRange {
-            flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
-            base: HV_MSR_FIRST,
-            msr_count: HV_FILTER_COUNT,
-            bitmap: &deny_all,
-        };
-        vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &[range])
-            .map_err(kvm_err("KVM_X86_SET_MSR_FILTER"))?;
-    }
+    // A clear bit denies the access in the kernel, which with the FILTER reason enabled means:
+    // exit to userspace.
+    let deny_all = [0u8; (HV_FILTER_COUNT / 8) as usize];
+    let (base, msr_count) = match mode {
+        SynicMode::Userspace => (HV_MSR_FIRST, HV_FILTER_COUNT),
+        SynicMode::Kernel => (STIMER0_CONFIG, STIMER_FILTER_COUNT),
+    };
+    let range = MsrFilterRange {
+        flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
+        base,
+        msr_count,
+        bitmap: &deny_all[..msr_count.div_ceil(8) as usize],
+    };
+    vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &[range])
+        .map_err(kvm_err("KVM_X86_SET_MSR_FILTER"))?;
     Ok(())
 }
 
@@ -90,5 +98,6 @@ mod tests {
     fn the_filter_covers_the_hyperv_range_in_whole_bytes() {
         assert_eq!(HV_FILTER_COUNT, 0x100);
         assert_eq!(HV_FILTER_COUNT % 8, 0);
+        assert_eq!(STIMER_FILTER_COUNT, 8, "four timers, CONFIG and COUNT each");
     }
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 use kvm_ioctls::{VcpuFd, VmFd};
 use synic::hypercall::{Connections, EventConnection, EventPort, MessageConnection, MessagePort};
 use synic::{
-    Partition, PartitionConfig, PartitionState, SintIndex, SystemReferenceClock, Vp, VpIndex,
-    VpState,
+    Partition, PartitionConfig, PartitionState, ReferenceClock, SintIndex, SystemReferenceClock,
+    Vp, VpIndex, VpState,
 };
 use synic_msr::Profile;
 use synic_routing::{
@@ -25,9 +25,10 @@ use crate::error::{Error, Result};
 use crate::eventfd::{hyperv_eventfd, EventFdConnection};
 use crate::hypercall::DEFAULT_TRAP_PORT;
 use crate::kernel_state::{self, KernelSynicState};
+use crate::kvmclock::KvmClock;
 use crate::probe::SynicMode;
 use crate::routes::{self, SintRoutes};
-use crate::stimer_hook::{NoStimers, StimerHook, TimerSource};
+use crate::stimer_hook::{StimerHook, TimerSource};
 use crate::timers::TimerThread;
 use crate::vcpu::VcpuSynic;
 
@@ -134,9 +135,10 @@ impl fmt::Debug for VmSynicBuilder {
 
 impl VmSynicBuilder {
     /// A SynIC for `vcpus` vCPUs (VP indices `0..vcpus`, vCPU `n` with APIC id `n`) in `mode`:
-    /// TLFS profile, the default queue capacity, routes for all 16 SINTs of every VP, its own
-    /// routing table, a [`TimerThread`] in userspace mode, the hypercall trap at port
-    /// [`DEFAULT_TRAP_PORT`], no frequency MSRs.
+    /// TLFS profile (kernel mode: always KVM's), the default queue capacity, routes for all 16
+    /// SINTs of every VP, its own routing table, a [`TimerThread`] for the synthetic timers
+    /// (the library's in both modes), the hypercall trap at port [`DEFAULT_TRAP_PORT`], no
+    /// frequency MSRs.
     pub fn new(mode: SynicMode, vcpus: u32) -> Self {
         Self {
             mode,
@@ -151,7 +153,8 @@ impl VmSynicBuilder {
         }
     }
 
-    /// TLFS-strict or KVM-compatible register and delivery semantics (userspace mode).
+    /// TLFS-strict or KVM-compatible register and delivery semantics (userspace mode; kernel
+    /// mode follows KVM's).
     pub fn profile(mut self, profile: Profile) -> Self {
         self.profile = profile;
         self
@@ -172,8 +175,8 @@ impl VmSynicBuilder {
     }
 
     /// Where synthetic-timer changes go, and what serves the timers (default: a
-    /// [`TimerThread`] in userspace mode, [`NoStimers`] in kernel mode, where KVM runs them).
-    /// A hook that serves no timers should come with CPUID that does not advertise them.
+    /// [`TimerThread`]). A hook that serves no timers ([`crate::NoStimers`]) should come with
+    /// CPUID that does not advertise them.
     pub fn stimer_hook(mut self, hook: Arc<dyn StimerHook>) -> Self {
         self.stimer_hook = Some(hook);
         self
@@ -249,21 +252,21 @@ impl VmSynicBuilder {
                 (SintRoutes::Kernel(Arc::new(kernel)), Some(rx))
             }
         };
-        let config = PartitionConfig::new(self.mode.model(), self.profile, self.vcpus)
+        // Kernel mode: KVM's register semantics, and KVM's clock (TIME_REF_COUNT is KVM's; the
+        // timers, which the model runs, count on the same timeline).
+        let (profile, clock): (Profile, Arc<dyn ReferenceClock>) = match self.mode {
+            SynicMode::Userspace => (self.profile, Arc::new(SystemReferenceClock::new())),
+            SynicMode::Kernel => (Profile::Kvm, Arc::new(KvmClock::new(Arc::clone(&vm)))),
+        };
+        let config = PartitionConfig::new(self.mode.model(), profile, self.vcpus)
             .with_queue_capacity(self.queue_capacity);
-        let (partition, model_vps) = Partition::new(
-            config,
-            memory.clone(),
-            routes.raise(),
-            Arc::new(SystemReferenceClock::new()),
-        )?;
+        let (partition, model_vps) = Partition::new(config, memory.clone(), routes.raise(), clock)?;
         if let Some(rx) = acks {
             routes::spawn_ack_pump(rx, Arc::downgrade(&partition))?;
         }
-        let stimer_hook = self.stimer_hook.unwrap_or_else(|| match self.mode {
-            SynicMode::Userspace => Arc::new(TimerThread::new()),
-            SynicMode::Kernel => Arc::new(NoStimers::default()),
-        });
+        let stimer_hook = self
+            .stimer_hook
+            .unwrap_or_else(|| Arc::new(TimerThread::new()));
         stimer_hook.start(Arc::clone(&partition) as Arc<dyn TimerSource>)?;
         Ok(Arc::new(VmSynic {
             mode: self.mode,

@@ -193,11 +193,21 @@ impl<M: GuestAddressSpace> Vp<M> {
                 .collect(),
             Mode::Kernel => {
                 let regs = shared.page_regs_all(&all);
-                vec![
+                let mut saved = vec![
                     (index::SIEFP, regs.siefp),
                     (index::SIMP, regs.simp),
                     (index::SCONTROL, regs.scontrol),
-                ]
+                ];
+                // The synthetic timers are the model's in kernel mode too.
+                saved.extend(StimerIndex::ALL.into_iter().flat_map(|t| {
+                    let config = synic_msr::StimerConfig(self.regs.stimer_config(t).0)
+                        .with_enabled(timers.stimers[t.as_usize()].config.enabled());
+                    [
+                        (Msr::StimerConfig(t).index(), config.0),
+                        (Msr::StimerCount(t).index(), self.regs.stimer_count(t)),
+                    ]
+                }));
+                saved
             }
         };
         VpState {
@@ -212,10 +222,7 @@ impl<M: GuestAddressSpace> Vp<M> {
                 .iter()
                 .map(|st| st.queue.iter().copied().collect())
                 .collect(),
-            timers: match config.mode {
-                Mode::Userspace => timers.stimers.iter().map(|t| t.state).collect(),
-                Mode::Kernel => Vec::new(),
-            },
+            timers: timers.stimers.iter().map(|t| t.state).collect(),
             message_page: overlays.save(OverlayId::Vp(self.slot, VpPage::Simp)),
             event_flags_page: overlays.save(OverlayId::Vp(self.slot, VpPage::Siefp)),
         }
@@ -232,13 +239,19 @@ impl<M: GuestAddressSpace> Vp<M> {
         if state.queues.len() != SINT_COUNT {
             return Err(mismatch("there must be 16 queues"));
         }
-        let timers_expected = match (config.mode, state.version) {
-            (Mode::Userspace, version) if version >= TIMERS_VERSION => STIMER_COUNT,
-            _ => 0,
+        // Kernel mode: states saved before the model ran kernel mode's timers have none (KVM
+        // kept them).
+        let timers_ok = match (config.mode, state.version) {
+            (Mode::Userspace, version) if version >= TIMERS_VERSION => {
+                state.timers.len() == STIMER_COUNT
+            }
+            (Mode::Userspace, _) => state.timers.is_empty(),
+            (Mode::Kernel, _) => matches!(state.timers.len(), 0 | STIMER_COUNT),
         };
-        if state.timers.len() != timers_expected {
+        if !timers_ok {
             return Err(mismatch(
-                "there must be 4 timer schedules (userspace mode, version 2 on) or none",
+                "there must be 4 timer schedules (userspace mode from version 2; kernel mode \
+                 when saved with them) or none",
             ));
         }
         for queue in &state.queues {
@@ -272,15 +285,19 @@ impl<M: GuestAddressSpace> Vp<M> {
                         .map_err(Error::RegisterRefused)?;
                     debug_assert!(!matches!(out.change, Change::VpIndex { .. }));
                 }
-                for (t, saved) in StimerIndex::ALL.into_iter().zip(&state.timers) {
-                    let (c, count) = (regs.stimer_config(t), regs.stimer_count(t));
-                    if saved.armed && !(c.enabled() && count != 0) {
-                        return Err(mismatch("an armed timer is disabled or has COUNT 0"));
-                    }
-                }
                 PageRegs::of(&regs)
             }
             Mode::Kernel => {
+                // The timer registers, when the state has them (host writes: no side effects).
+                for &(msr_index, value) in &state.registers {
+                    let Some(msr) = Msr::from_index(msr_index).filter(|m| m.is_stimer()) else {
+                        continue;
+                    };
+                    if regs.read(msr, Origin::Host) != Ok(value) {
+                        regs.write(msr, value, Origin::Host)
+                            .map_err(Error::RegisterRefused)?;
+                    }
+                }
                 let find = |i: u32| {
                     state
                         .registers
@@ -297,6 +314,12 @@ impl<M: GuestAddressSpace> Vp<M> {
                 }
             }
         };
+        for (t, saved) in StimerIndex::ALL.into_iter().zip(&state.timers) {
+            let (c, count) = (regs.stimer_config(t), regs.stimer_count(t));
+            if saved.armed && !(c.enabled() && count != 0) {
+                return Err(mismatch("an armed timer is disabled or has COUNT 0"));
+            }
+        }
         let partition = std::sync::Arc::clone(&self.partition);
         let _serial = partition
             .vp_index_lock

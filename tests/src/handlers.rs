@@ -105,6 +105,7 @@ pub(crate) fn take_message(a: &mut CodeAssembler, apic_eoi: bool) -> AsmResult<(
     // Byte 6 of the log entry (reserved in the slot) records which SINT it came from.
     a.mov(byte_ptr(rdi - 256 + 6), bl)?;
     a.set_label(&mut no_copy)?;
+    classify(a)?;
     a.inc(qword_ptr(rdx + state::MESSAGES as i32))?;
     a.inc(qword_ptr(rdx + rbx * 8 + state::SINT_MESSAGES as i32))?;
     a.mov(dword_ptr(rsi), 0u32)?;
@@ -118,6 +119,32 @@ pub(crate) fn take_message(a: &mut CodeAssembler, apic_eoi: bool) -> AsmResult<(
     a.inc(qword_ptr(rdx + state::EOMS as i32))?;
     eom(a)?;
     a.set_label(&mut out)?;
+    Ok(a.nop()?)
+}
+
+/// Counts the message in the slot at RSI by type: timer expiries, and host messages checked
+/// against the expected sequence number (RDX = the state area). Clobbers RAX, RCX.
+fn classify(a: &mut CodeAssembler) -> AsmResult<()> {
+    let mut host = a.create_label();
+    let mut in_order = a.create_label();
+    let mut done = a.create_label();
+    a.mov(eax, dword_ptr(rsi))?;
+    a.cmp(eax, synic::MessageType::TIMER_EXPIRED.0 as i32)?;
+    a.jne(host)?;
+    a.inc(qword_ptr(rdx + state::TIMER_MESSAGES as i32))?;
+    a.jmp(done)?;
+    a.set_label(&mut host)?;
+    a.cmp(eax, layout::MESSAGE_TYPE as i32)?;
+    a.jne(done)?;
+    a.mov(rax, qword_ptr(rsi + 16))?;
+    a.mov(rcx, qword_ptr(rdx + state::NEXT_SEQ as i32))?;
+    a.cmp(rax, rcx)?;
+    a.je(in_order)?;
+    a.inc(qword_ptr(rdx + state::SEQ_ERRORS as i32))?;
+    a.set_label(&mut in_order)?;
+    a.inc(rax)?;
+    a.mov(qword_ptr(rdx + state::NEXT_SEQ as i32), rax)?;
+    a.set_label(&mut done)?;
     Ok(a.nop()?)
 }
 

@@ -75,6 +75,14 @@ pub mod state {
     pub const FLAG_BITS: u64 = 0x28;
     /// Messages taken by polling (not by an interrupt).
     pub const POLLED: u64 = 0x30;
+    /// Messages of type HVMSG_TIMER_EXPIRED taken.
+    pub const TIMER_MESSAGES: u64 = 0x38;
+    /// Host messages (type [`super::MESSAGE_TYPE`]) whose first payload qword was not the
+    /// sequence number expected (one past the previous one): a message lost, duplicated,
+    /// reordered or overwritten. Counted across every SINT of the vCPU.
+    pub const SEQ_ERRORS: u64 = 0x40;
+    /// The next host sequence number expected.
+    pub const NEXT_SEQ: u64 = 0x48;
     /// Per SINT: messages taken (16 x u64).
     pub const SINT_MESSAGES: u64 = 0x100;
     /// Per SINT: event-flag interrupts (16 x u64).

@@ -350,14 +350,36 @@ fn timers_of_different_vps_are_independent() {
 }
 
 #[test]
-fn kernel_mode_leaves_timers_to_kvm() {
+fn kernel_mode_runs_the_timers_in_the_model_and_nothing_else() {
     let mut h = Harness::with_config(PartitionConfig::new(Mode::Kernel, Profile::Kvm, 1));
-    let vps = &mut h.vps;
-    assert!(vps[0]
-        .wrmsr(config_msr(0), message_config(true, false, 2), Origin::Guest)
+    // KVM's SynIC owns the rest: SINTs and the pages arrive through KVM_EXIT_HYPERV_SYNIC.
+    assert!(h.vps[0]
+        .wrmsr(index::SINT0 + 2, 0x40, Origin::Guest)
         .is_err());
-    assert_eq!(h.partition.next_timer_deadline(), None);
-    assert_eq!(h.partition.poll_timers().signalled, 0);
+    let simp = crate::common::simp_gpa(0);
+    h.vps[0]
+        .apply_synic_exit(synic::SynicExit {
+            msr: index::SIMP,
+            control: 1,
+            evt_page: 0,
+            msg_page: simp | 1,
+        })
+        .unwrap();
+    // The timer MSRs are the model's: a one-shot at 500 on SINT 2.
+    h.start_timer(0, 0, message_config(false, false, 2), 500);
+    assert_eq!(h.partition.next_timer_deadline(), Some(500));
+    assert_eq!(h.poll_at(499).signalled, 0);
+    assert_eq!(h.poll_at(500).signalled, 1);
+    let expiry = h
+        .timer_in_slot(0, 2)
+        .expect("the expiry message in SINT 2's slot");
+    assert_eq!((expiry.timer_index, expiry.expiration_time), (0, 500));
+    // Kernel mode raises the SINT for KVM to inject (it knows the vector).
+    assert_eq!(h.raise.raised().len(), 1);
+    assert!(
+        !h.timer_config(0, 0).enabled(),
+        "a one-shot disables itself"
+    );
 }
 
 #[test]

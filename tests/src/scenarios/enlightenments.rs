@@ -59,7 +59,7 @@ const NOTIFY_LONG_SPIN_WAIT: u16 = 0x0008;
 /// A connection id nobody registered.
 const NOBODY: u32 = 0x77;
 
-/// Reads leaf 0x4000_0003, then every MSR of [`MSRS`], then calls HvPostMessage,
+/// Reads leaf 0x4000_0003, then every MSR of the `MSRS` table, then calls HvPostMessage,
 /// HvSignalEvent and an unadvertised hypercall; checks each against the leaf. Run with the
 /// default features and with the frequency MSRs on.
 pub fn advertised_work_and_the_rest_faults(setup: Setup) {

@@ -70,13 +70,11 @@ pub struct LinuxReport {
 
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 
-/// What a Linux guest sees of Hyper-V: the partition registers, VP_INDEX, SynIC, the two
-/// hypercalls and the frequency MSRs. Synthetic timers stay hidden: with them Linux moves its
-/// clock events onto STIMER0 messages on the VMBus SINT, which in kernel mode KVM writes into
-/// the same slot the library writes VMBus messages to.
+/// What a Linux guest sees of Hyper-V: the partition registers, VP_INDEX, SynIC, synthetic
+/// timers with direct mode (Linux runs its clock events on STIMER0 in direct mode when it is
+/// offered), the two hypercalls and the frequency MSRs. The timers are the library's in both
+/// modes, so its expiries and the VMBus messages on the same SINT have one writer.
 const LINUX_HYPERV: HvFeatures = HvFeatures {
-    stimer: false,
-    direct_stimer: false,
     sint_polling: false,
     frequency_msrs: true,
     ..HvFeatures::SYNIC
