@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Long fuzz runs, one target at a time at the lowest priority:
 #
-#   bash fuzz/long.sh SECONDS [TARGET...]            # default: all four targets
+#   bash fuzz/long.sh SECONDS [TARGET...]            # default: all five targets
 #   RUNS=10000000 bash fuzz/long.sh 14400            # stop each at 10^7 executions
 #   MAX_LEN=512 bash fuzz/long.sh 3600               # inputs of at most 512 bytes
 #

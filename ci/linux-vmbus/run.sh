@@ -21,6 +21,8 @@
 # error; the host's exchange log shows the handshake, the offers, the opens, the closes and
 # UNLOAD/UNLOAD_RESPONSE with nothing refused. Prints one line per mode:
 #   PASS <mode>: heartbeats N/N (p50 .. us, p99 .. us), kvp HostName=<name>, shutdown by host in <s> s
+# LINUX_VMBUS_SMP=N (default 1) gives the lab and the guest N CPUs; the guest then moves every
+# service channel to its last CPU (MODIFYCHANNEL).
 # Exit 1 on failure; exit 77 (SKIPPED, said loudly) when the lab or a package cannot be
 # prepared (no package mirror reachable). Logs go to $LINUX_VMBUS_OUT (default
 # target/linux-vmbus under the repository).
@@ -34,6 +36,7 @@ cache="$LAB/linux-vmbus"
 out=${LINUX_VMBUS_OUT:-$root/target/linux-vmbus}
 guest_timeout=${LINUX_VMBUS_GUEST_TIMEOUT:-240}
 heartbeats=${LINUX_VMBUS_HEARTBEATS:-10000}
+smp=${LINUX_VMBUS_SMP:-1}
 name=linux-vmbus
 # shellcheck source=../lab-common.sh
 . "$root/ci/lab-common.sh"
@@ -134,8 +137,8 @@ bin="$target/release/synic-vmm"
 say "booting Linux under synic-vmm in kvm-lab, modes: ${modes[*]}"
 t0=$(date +%s)
 lab_run() { # MODE... -> appends to $out/lab.log
-  "$kvmlab" --timeout $((guest_timeout * $# + 120)) \
-    "$here/in-lab.sh" "$bin" "$kdir/vmlinuz" "$cache/initrd.gz" "$guest_timeout" "$heartbeats" "$@" \
+  "$kvmlab" --smp "$smp" --timeout $((guest_timeout * $# + 120)) \
+    "$here/in-lab.sh" "$bin" "$kdir/vmlinuz" "$cache/initrd.gz" "$guest_timeout" "$heartbeats" "$smp" "$@" \
     >>"$out/lab.log" 2>&1
 }
 : >"$out/lab.log"

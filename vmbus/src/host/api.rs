@@ -118,6 +118,8 @@ pub struct VmbusHandle {
 impl VmbusHandle {
     fn call(&self, kind: IcKind, op: Op, timeout: Duration) -> Reply {
         let (reply, rx): (Sender<Reply>, Receiver<Reply>) = crossbeam_channel::bounded(1);
+        // A timeout too long to represent means no deadline that matters: a year.
+        let timeout = timeout.min(Duration::from_secs(365 * 24 * 3600));
         let deadline = Instant::now() + timeout;
         match self.tx.try_send(Request {
             kind,
@@ -215,7 +217,7 @@ impl VmbusHandle {
         key: &str,
         timeout: Duration,
     ) -> Result<Option<String>, RequestError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + timeout.min(Duration::from_secs(365 * 24 * 3600));
         if pool != KvpPool::Auto {
             return Ok(self
                 .kvp(KvpOperation::Get, pool, 0, key, "", timeout)?

@@ -90,6 +90,8 @@ pub struct ChannelStats {
     pub negotiated: Option<Negotiated>,
     /// Why it was last closed.
     pub last_close: Option<String>,
+    /// The VP its signals went to last (OPENCHANNEL's target, then MODIFYCHANNEL's).
+    pub target_vp: Option<u32>,
 }
 
 pub(crate) struct OpenChannel {
@@ -660,6 +662,7 @@ impl<M: GuestAddressSpace> ChannelHooks for Channels<M> {
         let stats = self.stats.entry(relid).or_default();
         stats.opens += 1;
         stats.negotiated = None;
+        stats.target_vp = Some(open.vp.0);
         self.note(
             Direction::Host,
             format!(
@@ -714,6 +717,7 @@ impl<M: GuestAddressSpace> ChannelHooks for Channels<M> {
     fn retarget(&mut self, relid: u32, vp: VpIndex) {
         if let Some(c) = self.open.get_mut(&relid) {
             c.vp = vp;
+            self.stats.entry(relid).or_default().target_vp = Some(vp.0);
         }
     }
 }

@@ -55,8 +55,10 @@ pub const MESSAGE_QUEUE: usize = 64;
 pub const MAX_BACKLOG: usize = 256;
 /// Guest messages handled per turn of the thread.
 const MESSAGES_PER_TURN: usize = 64;
-/// How often a backlog is retried.
-const BACKLOG_RETRY: Duration = Duration::from_millis(2);
+/// How soon a backlog is retried; doubled (up to `BACKLOG_RETRY_MAX`) while the guest takes
+/// none of it, so a guest that never frees its message slot costs a few wake-ups a second.
+const BACKLOG_RETRY: Duration = Duration::from_millis(1);
+const BACKLOG_RETRY_MAX: Duration = Duration::from_millis(100);
 
 const TOKEN_CONTROL: u64 = 1;
 const TOKEN_API: u64 = 2;
@@ -291,6 +293,7 @@ impl VmbusHost {
             chans,
             log: ExchangeLog::new(config.log_capacity),
             backlog: VecDeque::new(),
+            backlog_retry: BACKLOG_RETRY,
             negotiated: None,
             control_rx,
             control_wake,
@@ -360,6 +363,7 @@ struct Device<M: GuestAddressSpace> {
     chans: Channels<M>,
     log: ExchangeLog,
     backlog: VecDeque<Reply>,
+    backlog_retry: Duration,
     negotiated: Option<Version>,
     control_rx: Receiver<GuestMessage>,
     control_wake: Arc<EventFd>,
@@ -461,7 +465,8 @@ impl<M: GuestAddressSpace> Device<M> {
         }
     }
 
-    /// Milliseconds until something is due (-1: nothing).
+    /// Milliseconds until something is due (-1: nothing). Gives up requests in flight past
+    /// their deadline on the way.
     fn timeout(&mut self) -> i32 {
         if !self.rearm.is_empty()
             || (self.control_pending && self.backlog_has_room())
@@ -477,7 +482,7 @@ impl<M: GuestAddressSpace> Device<M> {
             }
         }
         if !self.backlog.is_empty() {
-            let b = now + BACKLOG_RETRY;
+            let b = now + self.backlog_retry;
             due = Some(due.map_or(b, |d| d.min(b)));
         }
         match due {
@@ -541,12 +546,18 @@ impl<M: GuestAddressSpace> Device<M> {
     }
 
     fn retry_backlog(&mut self) {
+        let before = self.backlog.len();
         while let Some(r) = self.backlog.pop_front() {
             if let Some(r) = self.try_post(r) {
                 self.backlog.push_front(r);
-                return;
+                break;
             }
         }
+        self.backlog_retry = if self.backlog.len() < before || self.backlog.is_empty() {
+            BACKLOG_RETRY
+        } else {
+            (self.backlog_retry * 2).min(BACKLOG_RETRY_MAX)
+        };
     }
 
     fn take_messages(&mut self) {

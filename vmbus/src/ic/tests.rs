@@ -1,6 +1,8 @@
 //! ICMSG framework and service messages: the host's requests answered by Linux's algorithms
 //! (the simulated guest's), and hostile answers.
 
+use zerocopy::FromZeros;
+
 use super::*;
 use crate::sim::guest::linux_negotiate;
 

@@ -300,7 +300,7 @@ pub fn command(argv: impl Iterator<Item = String>) -> Result<u8, String> {
             let s = &c.stats;
             eprintln!(
                 "vmbus: channel {} {}: opened {}x{}, {} packets to the guest, {} from it, {} \
-                 signals to it, {} from it, {} unexpected{}",
+                 signals to it{}, {} from it, {} unexpected{}",
                 c.relid,
                 c.name,
                 s.opens,
@@ -311,6 +311,8 @@ pub fn command(argv: impl Iterator<Item = String>) -> Result<u8, String> {
                 s.packets_to_guest,
                 s.packets_from_guest,
                 s.signals_to_guest,
+                s.target_vp
+                    .map_or(String::new(), |vp| format!(" (last on VP{vp})")),
                 s.signals_from_guest,
                 s.unexpected_packets,
                 s.last_close

@@ -9,14 +9,15 @@ use crossbeam_channel::Receiver;
 use synic_vmbus::ic::Negotiated;
 use synic_vmbus::{HeartbeatReply, IcKind, KvpPool, RequestError, TimeSample, VmbusHandle};
 
-/// The steps, in the order they run.
+/// The steps, in the order they run (the KVP reads first: they wait for the guest's daemon,
+/// so the heartbeats run on a guest that finished setting up).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostScript {
-    /// Heartbeats to exchange back to back once the heartbeat service is ready.
-    pub heartbeats: u32,
     /// Keys of the guest's intrinsic KVP items to read (`FullyQualifiedDomainName` is its
     /// host name).
     pub kvp: Vec<String>,
+    /// Heartbeats to exchange back to back once the heartbeat service is ready.
+    pub heartbeats: u32,
     /// Send a time sample.
     pub time_sample: bool,
     /// Ask the guest to shut down this long after the steps above (and the shutdown
@@ -122,6 +123,12 @@ pub fn run(
     stopped: &Receiver<()>,
 ) -> ScriptReport {
     let mut report = ScriptReport::default();
+    if !script.kvp.is_empty() && ready(h, IcKind::Kvp, &mut report, stopped) {
+        for key in &script.kvp {
+            let v = h.kvp_get(KvpPool::Auto, key, KVP_TIMEOUT);
+            report.kvp.push((key.clone(), v));
+        }
+    }
     if script.heartbeats > 0 && ready(h, IcKind::Heartbeat, &mut report, stopped) {
         let hb = &mut report.heartbeats;
         hb.asked = script.heartbeats;
@@ -140,12 +147,6 @@ pub fn run(
                     }
                 }
             }
-        }
-    }
-    if !script.kvp.is_empty() && ready(h, IcKind::Kvp, &mut report, stopped) {
-        for key in &script.kvp {
-            let v = h.kvp_get(KvpPool::Auto, key, KVP_TIMEOUT);
-            report.kvp.push((key.clone(), v));
         }
     }
     if script.time_sample && ready(h, IcKind::TimeSync, &mut report, stopped) {

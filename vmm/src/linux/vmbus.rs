@@ -40,10 +40,18 @@ impl HvEventFds for KvmEventFds {
 }
 
 /// Attaches a VMBus host to `synic`: its partition and hypercall connections, and in kernel
-/// mode KVM's eventfd table.
+/// mode KVM's eventfd table and KVM's reference time (what the guest's TIME_REF_COUNT reads:
+/// the kvmclock in 100 ns units), for time samples.
 pub fn attach(synic: &Arc<VmSynic>, mut config: VmbusConfig) -> Result<VmbusHost, AttachError> {
     if synic.mode() == SynicMode::Kernel {
-        config.eventfds = Some(Arc::new(KvmEventFds::new(Arc::clone(synic.vm_fd()))));
+        let vm = Arc::clone(synic.vm_fd());
+        config.eventfds = Some(Arc::new(KvmEventFds::new(Arc::clone(&vm))));
+        let partition = Arc::clone(synic.partition());
+        config.reference_time = Some(Arc::new(move || match vm.get_clock() {
+            Ok(c) => c.clock / 100,
+            // Only fails when the VM is gone; the model's clock is the best guess then.
+            Err(_) => partition.reference_time(),
+        }));
     }
     VmbusHost::attach(
         Arc::clone(synic.partition()),
