@@ -59,6 +59,7 @@
 
 #![deny(missing_docs)]
 
+mod clock;
 mod connections;
 pub mod cpuid;
 mod error;
@@ -75,6 +76,7 @@ mod timers;
 mod vcpu;
 mod vm;
 
+pub use clock::{host_tsc, GuestTsc, TscReferenceClock, TscUnusable};
 pub use connections::{GuestEvent, GuestMessage, HostEventConnection, HostMessageConnection};
 pub use cpuid::HvFeatures;
 pub use error::{Error, Result};
