@@ -170,8 +170,9 @@ fn vcpu_tsc(vcpu: &VcpuFd, n: usize) -> Result<u64, TscUnusable> {
     }
 }
 
-/// The host kernel's clock source.
-fn host_clocksource() -> String {
+/// The host kernel's clock source (`tsc` when the host TSC is stable; KVM's master clock, and
+/// so its kernel-mode reference TSC page, needs the same).
+pub fn host_clocksource() -> String {
     std::fs::read_to_string(HOST_CLOCKSOURCE)
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|e| format!("unreadable ({e})"))

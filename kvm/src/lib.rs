@@ -76,7 +76,7 @@ mod timers;
 mod vcpu;
 mod vm;
 
-pub use clock::{host_tsc, GuestTsc, TscReferenceClock, TscUnusable};
+pub use clock::{host_clocksource, host_tsc, GuestTsc, TscReferenceClock, TscUnusable};
 pub use connections::{GuestEvent, GuestMessage, HostEventConnection, HostMessageConnection};
 pub use cpuid::HvFeatures;
 pub use error::{Error, Result};
