@@ -181,7 +181,9 @@ pub fn host_clocksource() -> String {
 impl GuestTsc {
     /// Reads how KVM runs the TSC of `vcpus` (every vCPU of the VM, created and not running)
     /// and checks it can back the page (module docs): a stable host TSC, one frequency and one
-    /// offset for all, no scaling.
+    /// offset for all, no scaling. Probe once the vCPUs' TSCs are what they will run with: a
+    /// later host write of IA32_TSC moves KVM's offset ([`crate::VmSynic::restore`] follows
+    /// the one a restore makes, nothing else does).
     pub fn probe(vcpus: &[&VcpuFd]) -> Result<Self, TscUnusable> {
         let clocksource = host_clocksource();
         if clocksource != "tsc" {
