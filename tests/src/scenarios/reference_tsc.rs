@@ -326,7 +326,7 @@ const RESTORE_READS: u64 = 20_000;
 const DOWNTIME: Duration = Duration::from_secs(5);
 
 /// The page across pause, save and a restore with downtime (issue 16: "updated across
-/// save/restore and downtime"): the guest runs [`RESTORE_READS`] page/MSR pairs; a quarter of
+/// save/restore and downtime"): the guest runs 20 000 page/MSR pairs; a quarter of
 /// the way in the host pauses it wherever it is (possibly between the two sequence reads of a
 /// page read), saves the SynIC, the vCPUs and RAM, and lets it finish. The snapshot then goes
 /// into a fresh VM with 5 s of declared downtime and runs on from the pause. In both runs the
