@@ -14,12 +14,14 @@
 # LINUX_VMBUS_HEARTBEATS heartbeats (default 10000) back to back, reads the guest's host name
 # through KVP, sends a time sample and asks the guest to shut down through the shutdown service.
 #
-# Passes (exit 0) when, in every mode: the guest powered off at the host's request (by itself:
-# the kernel's orderly power-off runs /sbin/poweroff, which unloads the drivers); every
+# Passes (exit 0) when, in every mode: the guest's clock source is hyperv_clocksource_tsc_page
+# (hyperv_clocksource_msr with LINUX_VMBUS_TSC_PAGE=0); the guest powered off at the host's request (by itself:
+# the kernel's orderly power-off runs /sbin/poweroff, which unloads hv_utils, and hv_vmbus
+# unless the tick runs on STIMER0: then the STIMER0 interrupts are checked instead); every
 # heartbeat was answered; the KVP host name is the one the guest printed; the four services
 # opened and negotiated; its log shows "hv_vmbus: Vmbus version:X.Y" and no Hyper-V/VMBus/SynIC
 # error; the host's exchange log shows the handshake, the offers, the opens, the closes and
-# UNLOAD/UNLOAD_RESPONSE with nothing refused. Prints one line per mode:
+# (when hv_vmbus unloaded) UNLOAD/UNLOAD_RESPONSE with nothing refused. Prints, per mode:
 #   PASS <mode>: heartbeats N/N (p50 .. us, p99 .. us), kvp HostName=<name>, shutdown by host in <s> s
 # LINUX_VMBUS_SMP=N (default 1) gives the lab and the guest N CPUs; the guest then moves every
 # service channel to its last CPU (MODIFYCHANNEL).
@@ -37,6 +39,10 @@ out=${LINUX_VMBUS_OUT:-$root/target/linux-vmbus}
 guest_timeout=${LINUX_VMBUS_GUEST_TIMEOUT:-240}
 heartbeats=${LINUX_VMBUS_HEARTBEATS:-10000}
 smp=${LINUX_VMBUS_SMP:-1}
+# 1 (default): the reference TSC page is offered and the guest must use it
+# (hyperv_clocksource_tsc_page); 0: synic-vmm --no-tsc-page, the guest must read TIME_REF_COUNT
+# (hyperv_clocksource_msr): the "before" of the TIME_REF_COUNT exit count.
+tsc_page=${LINUX_VMBUS_TSC_PAGE:-1}
 name=linux-vmbus
 # shellcheck source=../lab-common.sh
 . "$root/ci/lab-common.sh"
@@ -138,7 +144,8 @@ say "booting Linux under synic-vmm in kvm-lab, modes: ${modes[*]}"
 t0=$(date +%s)
 lab_run() { # MODE... -> appends to $out/lab.log
   "$kvmlab" --smp "$smp" --timeout $((guest_timeout * $# + 120)) \
-    "$here/in-lab.sh" "$bin" "$kdir/vmlinuz" "$cache/initrd.gz" "$guest_timeout" "$heartbeats" "$smp" "$@" \
+    "$here/in-lab.sh" "$bin" "$kdir/vmlinuz" "$cache/initrd.gz" "$guest_timeout" "$heartbeats" "$smp" \
+    "$tsc_page" "$@" \
     >>"$out/lab.log" 2>&1
 }
 : >"$out/lab.log"
@@ -218,7 +225,6 @@ for mode in "${modes[@]}"; do
   # on STIMER0 and cannot unload hv_vmbus (see ./poweroff); otherwise it must unload it, and
   # the host must see UNLOAD and answer it.
   clockevent=$(sed -n 's/^linux-vmbus: clockevent0: //p' "$g" | head -1)
-  clocksource=$(sed -n 's/^linux-vmbus: clocksource //p' "$g" | head -1)
   if grep -q 'linux-vmbus: hv_vmbus stays loaded: STIMER0 drives the tick' "$g"; then
     grep -qiE 'linux-vmbus: \| .*hyper-v stimer0' "$g" \
       || problems+=("the guest says STIMER0 drives the tick but has no 'Hyper-V stimer0' interrupts")
@@ -250,12 +256,31 @@ for mode in "${modes[@]}"; do
   [ -n "$by_host" ] || problems+=("the guest did not power off at the host's request")
   grep -q 'linux-vmbus: orderly power-off requested' "$g" || problems+=("the guest's orderly power-off (/sbin/poweroff) did not run")
   grep -q "linux-vmbus: hv_utils unloaded" "$g" || problems+=("hv_utils did not unload at power-off")
+  # The clock source the guest settled on, and how often it read TIME_REF_COUNT (userspace
+  # mode: each read an exit, counted by synic-kvm; kernel mode: KVM answers, not counted).
+  want_cs=hyperv_clocksource_tsc_page
+  [ "$tsc_page" = 0 ] && want_cs=hyperv_clocksource_msr
+  clocksource=$(sed -nE 's/^linux-vmbus: clocksource ([^ ]+).*/\1/p' "$g" | head -1)
+  [ "$clocksource" = "$want_cs" ] || problems+=("clocksource '${clocksource:-none}', want $want_cs")
+  trc=$(sed -nE 's/^synic-vmm: guest .* ([0-9]+) TIME_REF_COUNT reads; reference TSC page: (.*)\)$/\1/p' "$h" | head -1)
+  tsc_note=$(sed -nE 's/^synic-vmm: guest .* TIME_REF_COUNT reads; reference TSC page: (.*)\)$/\1/p' "$h" | head -1)
+  # The library's page is valid exactly when the lab's own clock source is the TSC (kvm-lab
+  # with more than one CPU marks it unstable: then KVM's page and ours say "read the MSR").
+  lab_cs=$(sed -n 's/^=== lab clocksource: //p' "$out/lab.log" | tail -1)
+  if [ "$mode" = userspace ] && [ "$tsc_page" != 0 ]; then
+    case "$lab_cs:$tsc_note" in
+      tsc:valid*) ;;
+      tsc:*) problems+=("the library's reference TSC page is not valid on a stable TSC: ${tsc_note:-no report}");;
+      *:valid*) problems+=("the library's reference TSC page is valid on an unstable TSC (lab clock source ${lab_cs:-?})");;
+      *) say "  NOTE $mode: the lab's clock source is ${lab_cs:-?}, not tsc: the page correctly says 'read TIME_REF_COUNT' (${tsc_note:-?}); its validity was NOT checked";;
+    esac
+  fi
   version=$(grep -oE 'Vmbus version:[0-9.]+' "$g" | head -1)
   at_init=$(sed -n 's/^linux-vmbus: \/init reached at \([0-9.]*\) s uptime.*/\1/p' "$g" | head -1)
   if [ ${#problems[@]} -eq 0 ]; then
     say "PASS $mode: heartbeats $heartbeats/$heartbeats (p50 $p50 us, p99 $p99 us), kvp HostName=$kvp_name, shutdown by host in $by_host s"
     say "  $mode: ${version#Vmbus }; wall clock from VM start: /init at ${init_wall:-?} s, VMBus connected at ${vmbus_wall:-?} s, powered off at ${wall:-?} s (guest uptime at /init ${at_init:-?} s)"
-    say "  $mode: clocksource ${clocksource:-?}, clockevent ${clockevent:-?}; $unload"
+    say "  $mode: clocksource $clocksource, clockevent ${clockevent:-?}; $unload; TIME_REF_COUNT reads handled by synic-kvm: ${trc:-?}; reference TSC page: ${tsc_note:-?}"
   else
     status=1
     say "FAIL $mode:"

@@ -135,14 +135,14 @@ impl HvFeatures {
 
     /// What is backed by working code in `mode`: in kernel mode KVM's in-kernel Hyper-V
     /// provides the reference TSC page and the APIC-access MSRs with the VP assist page; in
-    /// userspace mode the library does not (it does not own the APIC, and the reference TSC
-    /// page is not implemented there yet). Everything else is the library's in both modes.
-    /// SINT polling is not offered.
+    /// userspace mode the library provides the reference TSC page (the model's overlay page,
+    /// valid when the partition clock follows the guest TSC, sequence 0 otherwise) but not the
+    /// APIC-access MSRs (it does not own the APIC). Everything else is the library's in both
+    /// modes. SINT polling is not offered.
     pub const fn wired(mode: SynicMode) -> HvFeatures {
         let kernel = matches!(mode, SynicMode::Kernel);
         HvFeatures {
             sint_polling: false,
-            reference_tsc: kernel,
             apic_access: kernel,
             ..HvFeatures::SYNIC_WITH_FREQUENCIES
         }
@@ -298,8 +298,13 @@ mod tests {
         let f = find(&l, HV_LEAF_FEATURES);
         assert_eq!(
             f.eax,
-            EAX_TIME_REF_COUNT | EAX_SYNIC | EAX_STIMER | EAX_HYPERCALL | EAX_VP_INDEX,
-            "userspace mode: no reference TSC page, no APIC-access MSRs"
+            EAX_TIME_REF_COUNT
+                | EAX_SYNIC
+                | EAX_STIMER
+                | EAX_HYPERCALL
+                | EAX_VP_INDEX
+                | EAX_REFERENCE_TSC,
+            "userspace mode: the reference TSC page, no APIC-access MSRs"
         );
         assert_eq!(f.ebx, EBX_POST_MESSAGES | EBX_SIGNAL_EVENTS);
         assert_eq!(f.edx, EDX_DIRECT_STIMER);
@@ -307,11 +312,15 @@ mod tests {
             &hyperv_leaves(HvFeatures::SYNIC, SynicMode::Kernel, 1),
             HV_LEAF_FEATURES,
         );
-        assert_eq!(
-            k.eax,
-            f.eax | EAX_REFERENCE_TSC | EAX_APIC_ACCESS,
-            "KVM backs them"
-        );
+        assert_eq!(k.eax, f.eax | EAX_APIC_ACCESS, "KVM backs them");
+        let no_tsc_page = HvFeatures {
+            reference_tsc: false,
+            ..HvFeatures::SYNIC
+        };
+        for mode in [SynicMode::Userspace, SynicMode::Kernel] {
+            let f = find(&hyperv_leaves(no_tsc_page, mode, 1), HV_LEAF_FEATURES);
+            assert_eq!(f.eax & EAX_REFERENCE_TSC, 0, "{mode:?}: not asked for");
+        }
         let freq = HvFeatures {
             frequency_msrs: true,
             ..HvFeatures::SYNIC

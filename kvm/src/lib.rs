@@ -59,6 +59,7 @@
 
 #![deny(missing_docs)]
 
+mod clock;
 mod connections;
 pub mod cpuid;
 mod error;
@@ -75,6 +76,7 @@ mod timers;
 mod vcpu;
 mod vm;
 
+pub use clock::{host_clocksource, host_tsc, GuestTsc, TscReferenceClock, TscUnusable};
 pub use connections::{GuestEvent, GuestMessage, HostEventConnection, HostMessageConnection};
 pub use cpuid::HvFeatures;
 pub use error::{Error, Result};
@@ -82,7 +84,7 @@ pub use eventfd::{hyperv_eventfd, EventFdConnection};
 pub use kernel_state::{KernelSynicState, KERNEL_MSRS};
 pub use kvmclock::KvmClock;
 pub use probe::{open_kvm, Capabilities, ModeRequest, SynicMode};
-pub use setup::{setup_vcpu, setup_vm, HV_FILTER_COUNT, STIMER_FILTER_COUNT};
+pub use setup::{setup_vcpu, setup_vm, HV_FILTER_COUNT, HV_FILTER_LAST, STIMER_FILTER_COUNT};
 pub use stimer_hook::{NoStimers, StimerHook, TimerSource};
 pub use synic::{MsrError, SynicExit};
 pub use timers::{TimerThread, TimerThreadStats};

@@ -1,8 +1,11 @@
 //! VM and vCPU setup for a [`SynicMode`].
 //!
 //! * [`setup_vm`]: MSR exits to userspace. In userspace mode every guest RDMSR/WRMSR of
-//!   `0x4000_0000..=0x4000_00FF` exits (an MSR filter denies them in the kernel, reason
-//!   FILTER), and so does any MSR KVM does not know (UNKNOWN) or refuses (INVAL). Kernel mode
+//!   `0x4000_0000..=0x4000_01FF` exits (an MSR filter denies them in the kernel, reason
+//!   FILTER): the SynIC block and, above it, the Hyper-V MSRs a KVM with Hyper-V support would
+//!   otherwise answer itself (crash `0x4000_0100..=0x4000_0105`, reenlightenment and TSC
+//!   emulation `0x4000_0106..=0x4000_0108`, TSC invariant control `0x4000_0118`), so that
+//!   every Hyper-V MSR is the library's, answered or #GP. So does any MSR KVM does not know (UNKNOWN) or refuses (INVAL). Kernel mode
 //!   forwards the MSRs KVM does not know and, through the filter, the synthetic-timer MSRs
 //!   (`STIMER0_CONFIG..=STIMER3_COUNT`): the timers run in the library in both modes, so that
 //!   KVM never writes a timer message into a slot the library writes host messages to (one
@@ -24,8 +27,12 @@ use synic_msr::index::{HV_MSR_FIRST, HV_MSR_LAST, STIMER0_CONFIG, STIMER3_COUNT}
 use crate::error::{kvm_err, Result};
 use crate::probe::SynicMode;
 
-/// Number of MSRs the userspace-mode filter sends to userspace (`0x4000_0000..=0x4000_00FF`).
-pub const HV_FILTER_COUNT: u32 = HV_MSR_LAST - HV_MSR_FIRST + 1;
+/// Last MSR the userspace-mode filter sends to userspace: the SynIC block
+/// (`HV_MSR_FIRST..=HV_MSR_LAST`) and the Hyper-V MSRs KVM implements above it (crash,
+/// reenlightenment, TSC emulation, TSC invariant control: all below `0x4000_0200`).
+pub const HV_FILTER_LAST: u32 = 0x4000_01FF;
+/// Number of MSRs the userspace-mode filter sends to userspace (`0x4000_0000..=0x4000_01FF`).
+pub const HV_FILTER_COUNT: u32 = HV_FILTER_LAST - HV_MSR_FIRST + 1;
 /// Number of synthetic-timer MSRs the kernel-mode filter sends to userspace
 /// (`STIMER0_CONFIG..=STIMER3_COUNT`).
 pub const STIMER_FILTER_COUNT: u32 = STIMER3_COUNT - STIMER0_CONFIG + 1;
@@ -90,14 +97,9 @@ pub fn setup_vcpu(vcpu: &VcpuFd, mode: SynicMode) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_filter_covers_the_hyperv_range_in_whole_bytes() {
-        assert_eq!(HV_FILTER_COUNT, 0x100);
-        assert_eq!(HV_FILTER_COUNT % 8, 0);
-        assert_eq!(STIMER_FILTER_COUNT, 8, "four timers, CONFIG and COUNT each");
-    }
-}
+// The filter bitmaps are whole bytes, and the userspace-mode filter covers the SynIC block.
+const _: () = assert!(HV_FILTER_COUNT.is_multiple_of(8) && HV_FILTER_LAST > HV_MSR_LAST);
+const _: () = assert!(
+    STIMER_FILTER_COUNT == 8,
+    "four timers, CONFIG and COUNT each"
+);

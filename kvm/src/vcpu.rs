@@ -30,7 +30,9 @@ use kvm_bindings::{
 use kvm_ioctls::{ReadMsrExit, SyncReg, VcpuFd, WriteMsrExit};
 use synic::hypercall::HypercallRegs;
 use synic::{HvStatus, MsrError, SynicExit, VmmAction, VpIndex};
-use synic_msr::index::{APIC_FREQUENCY, GUEST_OS_ID, HYPERCALL, TSC_FREQUENCY, VP_ASSIST_PAGE};
+use synic_msr::index::{
+    APIC_FREQUENCY, GUEST_OS_ID, HYPERCALL, TIME_REF_COUNT, TSC_FREQUENCY, VP_ASSIST_PAGE,
+};
 use synic_msr::{Gp, GpReason, Origin};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace};
 
@@ -132,6 +134,9 @@ where
     /// #GP(0); the error says why, for the host.
     pub fn rdmsr(&self, msr: u32) -> std::result::Result<u64, MsrError> {
         let synic = &*self.synic;
+        if msr == TIME_REF_COUNT {
+            Stats::bump(&synic.stats.time_ref_count_reads);
+        }
         let state = synic.lock_vcpu(self.vcpu).ok_or(self.gone(msr))?;
         let r = match (msr, synic.frequencies()) {
             (TSC_FREQUENCY, Some((tsc, _))) => Ok(tsc),

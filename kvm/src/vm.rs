@@ -21,6 +21,7 @@ use synic_routing::{
 use vm_memory::GuestAddressSpace;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::clock::{GuestTsc, TscReferenceClock};
 use crate::error::{Error, Result};
 use crate::eventfd::{hyperv_eventfd, EventFdConnection};
 use crate::hypercall::DEFAULT_TRAP_PORT;
@@ -68,6 +69,8 @@ pub struct SynicStats {
     pub hypercalls: u64,
     /// Hypercall traps from a CPL other than 0 (left to the VMM as plain port writes).
     pub unprivileged_traps: u64,
+    /// Guest reads of TIME_REF_COUNT (userspace mode: each one an MSR exit).
+    pub time_ref_count_reads: u64,
 }
 
 #[derive(Debug, Default)]
@@ -78,6 +81,7 @@ pub(crate) struct Stats {
     pub stimer_changes: AtomicU64,
     pub hypercalls: AtomicU64,
     pub unprivileged_traps: AtomicU64,
+    pub time_ref_count_reads: AtomicU64,
 }
 
 impl Stats {
@@ -117,6 +121,7 @@ pub struct VmSynicBuilder {
     routing: RoutingChoice,
     trap_port: u8,
     frequencies: Option<(u64, u64)>,
+    guest_tsc: Option<GuestTsc>,
 }
 
 impl fmt::Debug for VmSynicBuilder {
@@ -129,6 +134,7 @@ impl fmt::Debug for VmSynicBuilder {
             .field("routed_sints", &self.routed_sints)
             .field("trap_port", &self.trap_port)
             .field("frequencies", &self.frequencies)
+            .field("guest_tsc", &self.guest_tsc)
             .finish_non_exhaustive()
     }
 }
@@ -150,6 +156,7 @@ impl VmSynicBuilder {
             routing: RoutingChoice::Own,
             trap_port: DEFAULT_TRAP_PORT,
             frequencies: None,
+            guest_tsc: None,
         }
     }
 
@@ -213,6 +220,16 @@ impl VmSynicBuilder {
         self
     }
 
+    /// Userspace mode: run the partition's reference clock on the guest's TSC
+    /// ([`TscReferenceClock`]), so the reference TSC page is valid and agrees exactly with
+    /// TIME_REF_COUNT and the synthetic timers (docs/timers.md). Without it (or in kernel mode,
+    /// where KVM fills the page) the clock is the host's monotonic clock and the page, when
+    /// advertised, says "read TIME_REF_COUNT" (sequence 0).
+    pub fn reference_tsc(mut self, tsc: GuestTsc) -> Self {
+        self.guest_tsc = Some(tsc);
+        self
+    }
+
     /// Wires the SynIC to `vm` over guest memory `memory`, in this order: the routing table;
     /// kernel mode marks every VP's SynIC active (each vCPU went through
     /// [`crate::setup_vcpu`]: KVM builds its SINT-to-GSI ack map only for active SynICs, at
@@ -253,10 +270,16 @@ impl VmSynicBuilder {
             }
         };
         // Kernel mode: KVM's register semantics, and KVM's clock (TIME_REF_COUNT is KVM's; the
-        // timers, which the model runs, count on the same timeline).
-        let (profile, clock): (Profile, Arc<dyn ReferenceClock>) = match self.mode {
-            SynicMode::Userspace => (self.profile, Arc::new(SystemReferenceClock::new())),
-            SynicMode::Kernel => (Profile::Kvm, Arc::new(KvmClock::new(Arc::clone(&vm)))),
+        // timers, which the model runs, count on the same timeline). Userspace mode: the guest's
+        // TSC when the VMM gave it (the reference TSC page is then valid), else host time.
+        let tsc_clock = match (self.mode, self.guest_tsc) {
+            (SynicMode::Userspace, Some(tsc)) => Some(Arc::new(TscReferenceClock::new(tsc))),
+            _ => None,
+        };
+        let (profile, clock): (Profile, Arc<dyn ReferenceClock>) = match (self.mode, &tsc_clock) {
+            (SynicMode::Userspace, Some(c)) => (self.profile, Arc::clone(c) as _),
+            (SynicMode::Userspace, None) => (self.profile, Arc::new(SystemReferenceClock::new())),
+            (SynicMode::Kernel, _) => (Profile::Kvm, Arc::new(KvmClock::new(Arc::clone(&vm)))),
         };
         let config = PartitionConfig::new(self.mode.model(), profile, self.vcpus)
             .with_queue_capacity(self.queue_capacity);
@@ -288,6 +311,7 @@ impl VmSynicBuilder {
             hypercall: AtomicU64::new(0),
             trap_port: self.trap_port,
             frequencies: self.frequencies,
+            tsc_clock,
             stimer_hook,
             paused: AtomicBool::new(false),
             eventfds: Mutex::new(HashMap::new()),
@@ -330,6 +354,8 @@ pub struct VmSynic<M: GuestAddressSpace> {
     hypercall: AtomicU64,
     trap_port: u8,
     frequencies: Option<(u64, u64)>,
+    /// Userspace mode with [`VmSynicBuilder::reference_tsc`]: the partition's clock.
+    tsc_clock: Option<Arc<TscReferenceClock>>,
     stimer_hook: Arc<dyn StimerHook>,
     paused: AtomicBool,
     /// Event connections backed by an eventfd (kernel mode: assigned in KVM too).
@@ -548,7 +574,14 @@ where
             stimer_changes: get(&self.stats.stimer_changes),
             hypercalls: get(&self.stats.hypercalls),
             unprivileged_traps: get(&self.stats.unprivileged_traps),
+            time_ref_count_reads: get(&self.stats.time_ref_count_reads),
         }
+    }
+
+    /// The partition's clock when it runs on the guest's TSC ([`VmSynicBuilder::reference_tsc`],
+    /// userspace mode).
+    pub fn tsc_clock(&self) -> Option<&Arc<TscReferenceClock>> {
+        self.tsc_clock.as_ref()
     }
 
     /// The GPA of the hypercall page while the guest has it enabled (userspace mode; in kernel
@@ -702,6 +735,12 @@ where
             for ((n, regs), fd) in (0u32..).zip(&k.vcpus).zip(vcpus) {
                 kernel_state::write_vcpu(fd, n, regs)?;
             }
+        }
+        if let Some(clock) = &self.tsc_clock {
+            // The vCPUs' TSCs were written back (their offsets moved): follow them before the
+            // partition rewrites the reference TSC page. A TSC that cannot back the page any
+            // more leaves it at sequence 0; the VM runs on (TIME_REF_COUNT keeps counting).
+            let _ = clock.follow(vcpus);
         }
         let downtime_100ns = u64::try_from(downtime.as_nanos() / 100).unwrap_or(u64::MAX);
         self.partition

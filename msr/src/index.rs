@@ -162,6 +162,8 @@ pub enum Msr {
     VpIndex,
     /// `TIME_REF_COUNT` (partition-wide): the 100 ns reference counter, read-only.
     TimeRefCount,
+    /// `REFERENCE_TSC` (partition-wide): enable and GPA of the reference TSC page.
+    ReferenceTsc,
     /// `SCONTROL`: SynIC enable.
     Scontrol,
     /// `SVERSION`: SynIC version, read-only.
@@ -183,29 +185,30 @@ pub enum Msr {
 impl Msr {
     /// The registers that hold state, in the order a VMM should write them back with host
     /// writes when restoring a VP: `GUEST_OS_ID` before `HYPERCALL` (the hypercall page cannot
-    /// be enabled without a guest OS id), each `STIMERn_COUNT` before its `STIMERn_CONFIG` (so
+    /// be enabled without a guest OS id), `REFERENCE_TSC` after them, each `STIMERn_COUNT` before its `STIMERn_CONFIG` (so
     /// an enabled timer is armed with its final count), `SCONTROL` last (a SynIC that turns on
     /// finds its pages and SINTs in place). `EOM` (a write-only trigger) and `TIME_REF_COUNT`
     /// (derived from the partition clock) hold no state and are not listed.
-    pub const SAVED: [Msr; 31] = {
-        let mut all = [Msr::GuestOsId; 31];
+    pub const SAVED: [Msr; 32] = {
+        let mut all = [Msr::GuestOsId; 32];
         all[1] = Msr::Hypercall;
-        all[2] = Msr::VpIndex;
-        all[3] = Msr::Sversion;
-        all[4] = Msr::Siefp;
-        all[5] = Msr::Simp;
+        all[2] = Msr::ReferenceTsc;
+        all[3] = Msr::VpIndex;
+        all[4] = Msr::Sversion;
+        all[5] = Msr::Siefp;
+        all[6] = Msr::Simp;
         let mut i = 0;
         while i < SINT_COUNT {
-            all[6 + i] = Msr::Sint(SintIndex::ALL[i]);
+            all[7 + i] = Msr::Sint(SintIndex::ALL[i]);
             i += 1;
         }
         let mut t = 0;
         while t < STIMER_COUNT {
-            all[22 + 2 * t] = Msr::StimerCount(StimerIndex::ALL[t]);
-            all[23 + 2 * t] = Msr::StimerConfig(StimerIndex::ALL[t]);
+            all[23 + 2 * t] = Msr::StimerCount(StimerIndex::ALL[t]);
+            all[24 + 2 * t] = Msr::StimerConfig(StimerIndex::ALL[t]);
             t += 1;
         }
-        all[30] = Msr::Scontrol;
+        all[31] = Msr::Scontrol;
         all
     };
 
@@ -218,6 +221,7 @@ impl Msr {
             HYPERCALL => Msr::Hypercall,
             VP_INDEX => Msr::VpIndex,
             TIME_REF_COUNT => Msr::TimeRefCount,
+            REFERENCE_TSC => Msr::ReferenceTsc,
             SCONTROL => Msr::Scontrol,
             SVERSION => Msr::Sversion,
             SIEFP => Msr::Siefp,
@@ -249,6 +253,7 @@ impl Msr {
             Msr::Hypercall => HYPERCALL,
             Msr::VpIndex => VP_INDEX,
             Msr::TimeRefCount => TIME_REF_COUNT,
+            Msr::ReferenceTsc => REFERENCE_TSC,
             Msr::Scontrol => SCONTROL,
             Msr::Sversion => SVERSION,
             Msr::Siefp => SIEFP,
@@ -263,7 +268,9 @@ impl Msr {
     /// Whether the register is per-VP or partition-wide.
     pub const fn scope(self) -> Scope {
         match self {
-            Msr::GuestOsId | Msr::Hypercall | Msr::TimeRefCount => Scope::Partition,
+            Msr::GuestOsId | Msr::Hypercall | Msr::TimeRefCount | Msr::ReferenceTsc => {
+                Scope::Partition
+            }
             _ => Scope::Vp,
         }
     }
@@ -290,6 +297,7 @@ impl fmt::Display for Msr {
             Msr::Hypercall => f.write_str("HYPERCALL"),
             Msr::VpIndex => f.write_str("VP_INDEX"),
             Msr::TimeRefCount => f.write_str("TIME_REF_COUNT"),
+            Msr::ReferenceTsc => f.write_str("REFERENCE_TSC"),
             Msr::Scontrol => f.write_str("SCONTROL"),
             Msr::Sversion => f.write_str("SVERSION"),
             Msr::Siefp => f.write_str("SIEFP"),
@@ -315,8 +323,8 @@ mod tests {
                 known += 1;
             }
         }
-        // 4 core + 5 SynIC + 16 SINT + 8 STIMER.
-        assert_eq!(known, 33);
+        // 5 core + 5 SynIC + 16 SINT + 8 STIMER.
+        assert_eq!(known, 34);
     }
 
     #[test]
@@ -326,7 +334,7 @@ mod tests {
             assert!(seen.insert(msr), "{msr} listed twice");
         }
         assert!(!seen.contains(&Msr::Eom) && !seen.contains(&Msr::TimeRefCount));
-        assert_eq!(seen.len(), 33 - 2);
+        assert_eq!(seen.len(), 34 - 2);
     }
 
     #[test]

@@ -210,6 +210,14 @@ pub enum Change {
         /// After.
         new: Hypercall,
     },
+    /// `REFERENCE_TSC` was written (reported even when the value is unchanged): the layer
+    /// above moves the reference TSC page and refreshes its content when `new` is enabled.
+    ReferenceTscPage {
+        /// Before.
+        old: PageRegister,
+        /// After.
+        new: PageRegister,
+    },
     /// A host write changed `VP_INDEX`.
     VpIndex {
         /// Before.

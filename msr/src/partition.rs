@@ -1,7 +1,8 @@
-//! Partition-wide registers: GUEST_OS_ID, HYPERCALL and the TIME_REF_COUNT view.
+//! Partition-wide registers: GUEST_OS_ID, HYPERCALL, REFERENCE_TSC and the TIME_REF_COUNT
+//! view.
 
 use crate::index::{Msr, Scope};
-use crate::regs::Hypercall;
+use crate::regs::{Hypercall, PageRegister};
 use crate::vp::check_gpa_width;
 use crate::{Change, Gp, GpReason, Origin, Profile, WriteOutcome, DEFAULT_PHYS_ADDR_BITS};
 
@@ -15,6 +16,7 @@ pub struct PartitionRegisters {
     phys_addr_bits: u8,
     guest_os_id: u64,
     hypercall: u64,
+    reference_tsc: u64,
 }
 
 impl PartitionRegisters {
@@ -25,6 +27,7 @@ impl PartitionRegisters {
             phys_addr_bits: DEFAULT_PHYS_ADDR_BITS,
             guest_os_id: 0,
             hypercall: 0,
+            reference_tsc: 0,
         }
     }
 
@@ -55,6 +58,11 @@ impl PartitionRegisters {
         Hypercall(self.hypercall)
     }
 
+    /// `REFERENCE_TSC`: bit 0 enables the reference TSC page at the GPA in bits 63:12.
+    pub fn reference_tsc(&self) -> PageRegister {
+        PageRegister(self.reference_tsc)
+    }
+
     /// Reads a raw MSR index: [`read`](Self::read) after classification; an unknown index ->
     /// #GP `UnknownMsr`, a per-VP one -> #GP `WrongScope`.
     pub fn rdmsr(&self, index: u32, origin: Origin, reference_time: u64) -> Result<u64, Gp> {
@@ -80,6 +88,7 @@ impl PartitionRegisters {
         match msr {
             Msr::GuestOsId => Ok(self.guest_os_id),
             Msr::Hypercall => Ok(self.hypercall),
+            Msr::ReferenceTsc => Ok(self.reference_tsc),
             Msr::TimeRefCount => Ok(reference_time),
             _ => {
                 debug_assert_eq!(msr.scope(), Scope::Vp);
@@ -146,6 +155,25 @@ impl PartitionRegisters {
                     Change::HypercallPage {
                         old: Hypercall(old),
                         new: Hypercall(stored),
+                    },
+                )
+            }
+            Msr::ReferenceTsc => {
+                // TLFS: bits 11:1 RsvdP, the page address within the physical address width.
+                // KVM stores all 64 bits (`kvm_hv_set_msr_pw`). Neither needs a guest OS id.
+                let stored = if tlfs {
+                    check_gpa_width(index, value, self.phys_addr_bits)?;
+                    value & PageRegister::DEFINED
+                } else {
+                    value
+                };
+                let old = self.reference_tsc;
+                self.reference_tsc = stored;
+                (
+                    old,
+                    Change::ReferenceTscPage {
+                        old: PageRegister(old),
+                        new: PageRegister(stored),
                     },
                 )
             }

@@ -183,7 +183,9 @@ impl VpRegisters {
             Msr::Sint(s) => self.sint[s.as_usize()],
             Msr::StimerConfig(t) => self.stimer_config[t.as_usize()],
             Msr::StimerCount(t) => self.stimer_count[t.as_usize()],
-            Msr::GuestOsId | Msr::Hypercall | Msr::TimeRefCount => return gp(GpReason::WrongScope),
+            Msr::GuestOsId | Msr::Hypercall | Msr::TimeRefCount | Msr::ReferenceTsc => {
+                return gp(GpReason::WrongScope)
+            }
         })
     }
 
@@ -350,7 +352,9 @@ impl VpRegisters {
                 }
                 Change::Stimer(timer)
             }
-            Msr::GuestOsId | Msr::Hypercall | Msr::TimeRefCount => return gp(GpReason::WrongScope),
+            Msr::GuestOsId | Msr::Hypercall | Msr::TimeRefCount | Msr::ReferenceTsc => {
+                return gp(GpReason::WrongScope)
+            }
         };
         let new = self.read(msr, Origin::Host)?;
         Ok(WriteOutcome {

@@ -68,6 +68,7 @@ fn all_msrs() -> Vec<Msr> {
         Msr::Hypercall,
         Msr::VpIndex,
         Msr::TimeRefCount,
+        Msr::ReferenceTsc,
         Msr::Scontrol,
         Msr::Sversion,
         Msr::Siefp,

@@ -59,12 +59,17 @@ pub mod testing;
 mod timers;
 mod vp;
 
-pub use clock::{FakeReferenceClock, ReferenceClock, SystemReferenceClock};
+pub use clock::{
+    FakeReferenceClock, FakeTscClock, ReferenceClock, SystemReferenceClock, TscParameters,
+    REFERENCE_HZ,
+};
 pub use counters::{SintCounters, VpCounters};
 pub use error::{Error, MsrError, PostError};
 pub use events::FlagOutcome;
 pub use hypercall::HvStatus;
-pub use message::{HvMessage, MessageFlags, MessageHeader, MessageType, TimerMessagePayload};
+pub use message::{
+    HvMessage, MessageFlags, MessageHeader, MessageType, ReferenceTscPage, TimerMessagePayload,
+};
 pub use overlay::OverlayState;
 pub use partition::{
     Acked, Partition, PartitionConfig, Posted, SynicView, DEFAULT_QUEUE_CAPACITY, MAX_VPS,

@@ -289,6 +289,32 @@ impl TimerMessagePayload {
     }
 }
 
+/// The head of the reference TSC page (`HV_REFERENCE_TSC_PAGE`, 24 bytes at offset 0; the
+/// rest of the page is reserved). Reference time = ((TSC x `tsc_scale`) >> 64) + `tsc_offset`
+/// while `tsc_sequence` is non-zero and unchanged across the read; 0 means "read
+/// TIME_REF_COUNT instead".
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct ReferenceTscPage {
+    /// TscSequence: 0 = not valid; changes whenever the hypervisor rewrites the page.
+    pub tsc_sequence: u32,
+    /// Reserved.
+    pub reserved: u32,
+    /// TscScale (0.64 fixed point, 100 ns units per tick).
+    pub tsc_scale: u64,
+    /// TscOffset (100 ns units).
+    pub tsc_offset: i64,
+}
+
+/// Offset of `TscSequence` in the reference TSC page.
+pub(crate) const TSC_SEQUENCE_OFFSET: usize = offset_of!(ReferenceTscPage, tsc_sequence);
+/// Offset of `TscScale` in the reference TSC page.
+pub(crate) const TSC_SCALE_OFFSET: usize = offset_of!(ReferenceTscPage, tsc_scale);
+/// Offset of `TscOffset` in the reference TSC page.
+pub(crate) const TSC_OFFSET_OFFSET: usize = offset_of!(ReferenceTscPage, tsc_offset);
+
 /// Offset of SINT `sint`'s slot in the message page.
 pub const fn slot_offset(sint: SintIndex) -> usize {
     sint.as_usize() * MESSAGE_SIZE
@@ -315,6 +341,10 @@ const _: () = assert!(size_of::<TimerMessagePayload>() == 24);
 const _: () = assert!(offset_of!(TimerMessagePayload, expiration_time) == 8);
 const _: () = assert!(offset_of!(TimerMessagePayload, delivery_time) == 16);
 const _: () = assert!(TYPE_OFFSET == 0);
+const _: () = assert!(size_of::<ReferenceTscPage>() == 24);
+const _: () = assert!(TSC_SEQUENCE_OFFSET == 0);
+const _: () = assert!(TSC_SCALE_OFFSET == 8);
+const _: () = assert!(TSC_OFFSET_OFFSET == 16);
 const _: () = assert!(offset_of!(MessageHeader, payload_size) == 4);
 const _: () = assert!(FLAGS_OFFSET == 5);
 const _: () = assert!(offset_of!(MessageHeader, sender) == 8);

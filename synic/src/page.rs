@@ -6,7 +6,7 @@
 //! vm-memory `store`/`write_slice` calls do it themselves, the read-modify-write helpers here do
 //! it explicitly because vm-memory's atomic references bypass the bitmap.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use vm_memory::bitmap::{BitmapSlice, BS};
 use vm_memory::{
@@ -14,10 +14,11 @@ use vm_memory::{
 };
 use zerocopy::IntoBytes;
 
+use crate::clock::TscParameters;
 use crate::error::Error;
 use crate::message::{
     flag_word, slot_offset, HvMessage, MessageFlags, FLAGS_OFFSET, MESSAGE_SIZE, PAGE_SIZE,
-    TYPE_OFFSET,
+    TSC_OFFSET_OFFSET, TSC_SCALE_OFFSET, TSC_SEQUENCE_OFFSET, TYPE_OFFSET,
 };
 use crate::SintIndex;
 
@@ -110,6 +111,48 @@ impl<B: BitmapSlice> Page<'_, B> {
             self.mark_dirty(offset, 8);
         }
         Ok(was_set)
+    }
+
+    /// Rewrites the head of a reference TSC page the way a guest reading it concurrently
+    /// expects (TLFS: it re-reads while TscSequence changes, and falls back to the MSR on 0):
+    /// TscSequence := 0, then TscScale and TscOffset, then a new non-zero TscSequence with a
+    /// release store. The new sequence is the one after `last` (the last one this host
+    /// published), skipping 0 and 0xFFFF_FFFF (which KVM also avoids) and the value found in
+    /// the page, so a reader that started before this rewrite always sees a change. `None`
+    /// leaves the page invalid: sequence, scale and offset 0. Returns the sequence written.
+    pub(crate) fn publish_tsc(
+        &self,
+        params: Option<TscParameters>,
+        last: u32,
+    ) -> Result<u32, Error> {
+        let sequence = self.atomic::<AtomicU32>(TSC_SEQUENCE_OFFSET)?;
+        let scale = self.atomic::<AtomicU64>(TSC_SCALE_OFFSET)?;
+        let offset = self.atomic::<AtomicU64>(TSC_OFFSET_OFFSET)?;
+        let found = u32::from_le(sequence.load(Ordering::Acquire));
+        sequence.store(0, Ordering::Relaxed);
+        // Seqlock writer: the 0 is visible before any of the new parameters.
+        fence(Ordering::Release);
+        let (s, o) = params.map_or((0, 0), |p| (p.scale, p.offset as u64));
+        scale.store(s.to_le(), Ordering::Relaxed);
+        offset.store(o.to_le(), Ordering::Relaxed);
+        let next = match params {
+            None => 0,
+            Some(_) => {
+                let after = |n: u32| match n.wrapping_add(1) {
+                    0 | u32::MAX => 1,
+                    n => n,
+                };
+                let next = after(last);
+                if next == found {
+                    after(next)
+                } else {
+                    next
+                }
+            }
+        };
+        sequence.store(next.to_le(), Ordering::Release);
+        self.mark_dirty(TSC_SEQUENCE_OFFSET, TSC_OFFSET_OFFSET + 8);
+        Ok(next)
     }
 
     /// Copies the whole page out (an overlay swap reads what the guest sees there).

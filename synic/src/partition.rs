@@ -2,13 +2,13 @@
 //! device-thread entry points (post a message, acknowledge a SINT).
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use synic_msr::{KvmSynic, PageRegister, PartitionRegisters, Profile, Scontrol, VpRegisters};
 use vm_memory::GuestAddressSpace;
 
-use crate::clock::ReferenceClock;
+use crate::clock::{ReferenceClock, TscParameters};
 use crate::counters::VpCounters;
 use crate::delivery::{
     deliver_one, write_slot, Interrupt, PageRegs, Policy, SintState, SlotStep, Step,
@@ -129,6 +129,9 @@ pub struct Partition<M: GuestAddressSpace> {
     clock: Arc<dyn ReferenceClock>,
     /// Added to the clock's reading (restore continues the source's reference time).
     time_offset: AtomicU64,
+    /// The last non-zero TscSequence written into the reference TSC page (changed under the
+    /// overlay registry's lock).
+    pub(crate) tsc_sequence: AtomicU32,
     registers: Mutex<PartitionRegisters>,
     vps: Box<[VpShared]>,
     /// Every overlay page (message and event-flags pages, hypercall page) and the RAM they
@@ -151,7 +154,8 @@ impl<M: GuestAddressSpace> Partition<M> {
     /// Creates the partition and its VPs; hand each [`Vp`] to the thread that runs that vCPU.
     ///
     /// `memory` is the guest's RAM, `raise` where SINT interrupts go, `clock` the reference
-    /// clock behind `TIME_REF_COUNT`.
+    /// clock behind `TIME_REF_COUNT`, the synthetic timers and (when it follows the guest TSC,
+    /// [`ReferenceClock::tsc_parameters`]) the reference TSC page.
     pub fn new(
         config: PartitionConfig,
         memory: M,
@@ -175,6 +179,7 @@ impl<M: GuestAddressSpace> Partition<M> {
             raise,
             clock,
             time_offset: AtomicU64::new(0),
+            tsc_sequence: AtomicU32::new(0),
             registers: Mutex::new(
                 PartitionRegisters::new(config.profile).with_phys_addr_bits(config.phys_addr_bits),
             ),
@@ -203,6 +208,26 @@ impl<M: GuestAddressSpace> Partition<M> {
         self.clock
             .now()
             .wrapping_add(self.time_offset.load(Ordering::Relaxed))
+    }
+
+    /// What the reference TSC page shows (userspace mode): the clock's TSC parameters with
+    /// the partition's time offset added, so that the page's formula gives exactly
+    /// [`reference_time`](Self::reference_time) for the guest's TSC. `None` when the clock does
+    /// not follow the guest TSC: the page then holds sequence 0 ("read TIME_REF_COUNT").
+    pub fn reference_tsc_parameters(&self) -> Option<TscParameters> {
+        let offset = self.time_offset.load(Ordering::Relaxed);
+        self.clock.tsc_parameters().map(|p| p.shifted(offset))
+    }
+
+    /// Rewrites the reference TSC page (if the guest has it enabled over RAM) from the clock's
+    /// current TSC parameters, with a new sequence number. The partition does this itself
+    /// when the page is enabled, moved or uncovered and at a restore; a VMM calls it when its
+    /// clock's [`ReferenceClock::tsc_parameters`] changed otherwise (e.g. the TSC stopped being
+    /// usable: the page then says "read TIME_REF_COUNT").
+    pub fn refresh_reference_tsc_page(&self) {
+        let mem = self.memory.memory();
+        let overlays = self.lock_overlays();
+        self.publish_reference_tsc(&overlays, &*mem);
     }
 
     /// Makes the reference time read `time` now (restore).

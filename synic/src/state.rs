@@ -23,17 +23,21 @@ use crate::stimer::StimerState;
 use crate::vp::Vp;
 use crate::{Mode, SintIndex, VpIndex};
 
-/// Version of [`VpState`] and [`PartitionState`] this build writes (3: overlay pages). It also
-/// reads version 2 (before overlay pages: every enabled page is taken to lie over RAM that
-/// was zero, every disabled page's content to be zero) and version 1 (before synthetic timers,
-/// too: such a VP's enabled timers restart their schedule at the restore).
-pub const STATE_VERSION: u32 = 3;
+/// Version of [`VpState`] and [`PartitionState`] this build writes (4: the reference TSC
+/// page). It also reads version 3 (before the reference TSC page: restored disabled, its
+/// content zero), version 2 (before overlay pages: every enabled page is taken to lie over
+/// RAM that was zero, every disabled page's content to be zero) and version 1 (before
+/// synthetic timers, too: such a VP's enabled timers restart their schedule at the restore).
+pub const STATE_VERSION: u32 = 4;
 
 /// The first version with synthetic timer schedules.
 const TIMERS_VERSION: u32 = 2;
 
 /// The first version with overlay pages.
 const OVERLAY_VERSION: u32 = 3;
+
+/// The first version with the reference TSC page.
+const REFERENCE_TSC_VERSION: u32 = 4;
 
 /// The oldest state version this build reads.
 const OLDEST_VERSION: u32 = 1;
@@ -81,6 +85,12 @@ pub struct PartitionState {
     /// The hypercall page overlay (userspace mode): the page the host keeps for it (version
     /// 3; ignored before).
     pub hypercall_page: OverlayState,
+    /// `REFERENCE_TSC` (userspace mode; version 4, ignored before).
+    pub reference_tsc: u64,
+    /// The reference TSC page overlay (userspace mode): the page the host keeps for it
+    /// (version 4; ignored before). Its head is rewritten at the restore, for the restored
+    /// reference time.
+    pub reference_tsc_page: OverlayState,
 }
 
 fn check_version(version: u32) -> Result<(), Error> {
@@ -98,22 +108,27 @@ fn mismatch(what: &'static str) -> Error {
 }
 
 impl<M: GuestAddressSpace> Partition<M> {
-    /// Saves the partition-wide registers and the reference time.
+    /// Saves the partition-wide registers, the reference time and the partition's overlay
+    /// pages (hypercall page, reference TSC page).
     pub fn save(&self) -> PartitionState {
         let regs = self.registers();
-        let hypercall_page = self.lock_overlays().save(OverlayId::Hypercall);
+        let overlays = self.lock_overlays();
         PartitionState {
             version: STATE_VERSION,
             guest_os_id: regs.guest_os_id(),
             hypercall: regs.hypercall().0,
             reference_time: self.reference_time(),
-            hypercall_page,
+            hypercall_page: overlays.save(OverlayId::Hypercall),
+            reference_tsc: regs.reference_tsc().0,
+            reference_tsc_page: overlays.save(OverlayId::ReferenceTsc),
         }
     }
 
     /// Restores the partition-wide registers, and makes the reference time continue from the
     /// saved value (as if no time passed while the partition was saved). The hypercall page
-    /// itself is guest memory and needs no refill; the RAM it hides comes from the state.
+    /// itself is guest memory and needs no refill; the RAM it hides comes from the state. The
+    /// reference TSC page (guest memory too) is rewritten for the restored reference time and
+    /// this partition's clock, with a new sequence number.
     pub fn restore(&self, state: &PartitionState) -> Result<(), Error> {
         self.restore_with_downtime(state, 0)
     }
@@ -132,33 +147,59 @@ impl<M: GuestAddressSpace> Partition<M> {
         let config = self.config();
         let mut fresh =
             PartitionRegisters::new(config.profile).with_phys_addr_bits(config.phys_addr_bits);
+        let with_tsc = state.version >= REFERENCE_TSC_VERSION;
+        let reference_tsc = if with_tsc { state.reference_tsc } else { 0 };
         fresh
             .write(Msr::GuestOsId, state.guest_os_id, Origin::Host)
             .and_then(|_| fresh.write(Msr::Hypercall, state.hypercall, Origin::Host))
+            .and_then(|_| fresh.write(Msr::ReferenceTsc, reference_tsc, Origin::Host))
             .map_err(Error::RegisterRefused)?;
         let gpa = fresh.hypercall().enabled().then(|| fresh.hypercall().gpa());
+        let tsc_gpa = fresh.reference_tsc().enabled_gpa();
+        let tsc_page = if with_tsc {
+            state.reference_tsc_page.clone()
+        } else {
+            OverlayState::default()
+        };
         let mut registers = self.registers();
         let mem = self.memory.memory();
         let mut overlays = self.lock_overlays();
         if state.version >= OVERLAY_VERSION {
             overlays.check_install(&*mem, OverlayId::Hypercall, gpa, &state.hypercall_page)?;
+        }
+        overlays.check_install(&*mem, OverlayId::ReferenceTsc, tsc_gpa, &tsc_page)?;
+        if gpa.is_some()
+            && gpa == tsc_gpa
+            && tsc_page.placed
+            && (state.version < OVERLAY_VERSION || state.hypercall_page.placed)
+        {
+            return Err(mismatch("two overlays are placed at one address"));
+        }
+        if state.version >= OVERLAY_VERSION {
             overlays.install(&*mem, OverlayId::Hypercall, gpa, &state.hypercall_page);
         } else {
             overlays.install_legacy(&*mem, OverlayId::Hypercall, gpa);
         }
+        overlays.install(&*mem, OverlayId::ReferenceTsc, tsc_gpa, &tsc_page);
         *registers = fresh;
         self.set_reference_time(state.reference_time.saturating_add(downtime));
+        // The page's head came with guest memory, computed for the source's clock: rewrite it
+        // so that the page and TIME_REF_COUNT agree again here.
+        self.publish_reference_tsc(&overlays, &*mem);
         Ok(())
     }
 
-    /// Partition reset: GUEST_OS_ID and HYPERCALL back to 0 (the hypercall page is disabled,
-    /// the RAM it hid comes back, its content is zeroed). The reference time keeps running.
+    /// Partition reset: GUEST_OS_ID, HYPERCALL and REFERENCE_TSC back to 0 (the hypercall
+    /// page and the reference TSC page are disabled, the RAM they hid comes back, their
+    /// contents are zeroed). The reference time keeps running.
     pub fn reset(&self) {
         let mut registers = self.registers();
         registers.reset();
         let (uncovered, _) = self.move_hypercall_page(None, true);
+        let tsc_uncovered = self.move_reference_tsc_page(None, true);
         drop(registers);
         self.redeliver_uncovered(uncovered);
+        self.redeliver_uncovered(tsc_uncovered);
     }
 }
 

@@ -205,10 +205,11 @@ impl<M: GuestAddressSpace> Vp<M> {
         }
     }
 
-    /// GUEST_OS_ID, HYPERCALL (TIME_REF_COUNT: refused or ignored by the register model). A
-    /// HYPERCALL change moves the hypercall page overlay (TLFS "GPA Overlay Pages": disabling
-    /// it uncovers the RAM it hid); a guest enabling it at an address that is not RAM gets #GP
-    /// with the register unchanged, as with KVM.
+    /// GUEST_OS_ID, HYPERCALL, REFERENCE_TSC (TIME_REF_COUNT: refused or ignored by the
+    /// register model). A HYPERCALL change moves the hypercall page overlay (TLFS "GPA Overlay
+    /// Pages": disabling it uncovers the RAM it hid); a guest enabling it at an address that is
+    /// not RAM gets #GP with the register unchanged, as with KVM. A REFERENCE_TSC write moves
+    /// the reference TSC page overlay and rewrites its head (docs/timers.md).
     fn write_partition(
         &mut self,
         msr: Msr,
@@ -218,6 +219,17 @@ impl<M: GuestAddressSpace> Vp<M> {
         let partition = Arc::clone(&self.partition);
         let mut registers = partition.registers();
         let outcome = registers.write(msr, value, origin)?;
+        if let Change::ReferenceTscPage { new, .. } = outcome.change {
+            // An overlay like the others; one outside RAM stays unbacked (KVM accepts the
+            // write and leaves such a page unfilled).
+            let uncovered = partition.move_reference_tsc_page(new.enabled_gpa(), false);
+            drop(registers);
+            partition.redeliver_uncovered(uncovered);
+            let action = uncovered
+                .hypercall_page
+                .map(|gpa| VmmAction::FillHypercallPage { gpa });
+            return Ok(MsrWrite { outcome, action });
+        }
         let Change::HypercallPage { old, new } = outcome.change else {
             return Ok(MsrWrite {
                 outcome,
@@ -278,7 +290,10 @@ impl<M: GuestAddressSpace> Vp<M> {
         let partition = Arc::clone(&self.partition);
         let shared = partition.vp_at(self.slot);
         match outcome.change {
-            Change::None | Change::HypercallPage { .. } | Change::VpIndex { .. } => {}
+            Change::None
+            | Change::HypercallPage { .. }
+            | Change::ReferenceTscPage { .. }
+            | Change::VpIndex { .. } => {}
             Change::SynicEnable { enabled } => {
                 {
                     let all = shared.lock_all();

@@ -382,6 +382,17 @@ impl Prepared {
         self.vm.restore(state)
     }
 
+    /// [`restore`](Self::restore), declaring that the VM was away for `downtime` (the
+    /// reference time, and in kernel mode the kvmclock, continue from the saved value plus
+    /// it).
+    pub fn restore_with_downtime(
+        &mut self,
+        state: &SynicState,
+        downtime: Duration,
+    ) -> synic_vmm::Result<()> {
+        self.vm.restore_with_downtime(state, downtime)
+    }
+
     /// Starts the vCPUs.
     pub fn start(self) -> Running {
         Running {

@@ -55,4 +55,6 @@ every_setup! {
     enlightenments_advertised_work_the_rest_faults => enlightenments::advertised_work_and_the_rest_faults;
     overlay_pages_hide_and_give_back_ram => overlays::overlay_pages_hide_and_give_back_ram;
     stale_message_page_is_not_a_wedge => overlays::message_after_enabling_simp_on_a_stale_page_is_delivered;
+    reference_tsc_page_agrees_with_time_ref_count => reference_tsc::page_agrees_with_time_ref_count_over_10e5_reads;
+    reference_tsc_page_follows_save_and_restore_with_downtime => reference_tsc::page_follows_save_and_restore_with_downtime;
 }

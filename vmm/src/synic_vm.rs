@@ -35,7 +35,9 @@ use std::time::Duration;
 
 use synic::SintIndex;
 use synic_kvm::testdev::TestDev;
-use synic_kvm::{HvFeatures, ModeRequest, StimerHook, SynicMode, SynicState, VmSynicBuilder};
+use synic_kvm::{
+    GuestTsc, HvFeatures, ModeRequest, StimerHook, SynicMode, SynicState, VmSynicBuilder,
+};
 use synic_msr::Profile;
 use synic_routing::GsiRoutingOwner;
 
@@ -142,7 +144,10 @@ impl SynicVmBuilder {
     }
 
     /// The Hyper-V features advertised in CPUID. With `frequency_msrs`, the TSC frequency KVM
-    /// runs the vCPUs at and the 1 GHz LAPIC timer answer the frequency MSRs.
+    /// runs the vCPUs at and the 1 GHz LAPIC timer answer the frequency MSRs. With
+    /// `reference_tsc` in userspace mode the partition's clock runs on the guest's TSC
+    /// ([`GuestTsc::probe`]) so the reference TSC page is valid, when the host allows
+    /// ([`SynicVm::reference_tsc_page`] says).
     pub fn features(mut self, features: HvFeatures) -> Self {
         self.features = features;
         self
@@ -208,6 +213,23 @@ impl SynicVmBuilder {
         if let Some((owner, gsis)) = self.delegated {
             synic = synic.delegate_routing(owner, gsis);
         }
+        let mut tsc_page = match vm.mode() {
+            SynicMode::Kernel => "KVM's (kernel mode)".to_string(),
+            SynicMode::Userspace => "not advertised".to_string(),
+        };
+        if vm.mode() == SynicMode::Userspace && vm.config().features.reference_tsc {
+            match GuestTsc::probe(&vm.vcpu_fds()) {
+                Ok(tsc) => {
+                    tsc_page = format!(
+                        "valid, on the guest TSC ({} kHz, KVM offset {:#x})",
+                        tsc.tsc_hz() / 1000,
+                        tsc.offset()
+                    );
+                    synic = synic.reference_tsc(tsc);
+                }
+                Err(e) => tsc_page = format!("sequence 0 (read TIME_REF_COUNT): {e}"),
+            }
+        }
         if vm.config().features.frequency_msrs {
             let khz = vm
                 .vcpu(0)
@@ -224,7 +246,12 @@ impl SynicVmBuilder {
         } else {
             None
         };
-        Ok(SynicVm { vm, synic, testdev })
+        Ok(SynicVm {
+            vm,
+            synic,
+            testdev,
+            tsc_page,
+        })
     }
 }
 
@@ -235,6 +262,7 @@ pub struct SynicVm {
     vm: Vm,
     synic: Arc<VmSynic>,
     testdev: Option<Arc<TestDev<SynicMemory>>>,
+    tsc_page: String,
 }
 
 impl SynicVm {
@@ -261,6 +289,12 @@ impl SynicVm {
     /// The hyperv-testdev device, when built with it.
     pub fn testdev(&self) -> Option<&Arc<TestDev<SynicMemory>>> {
         self.testdev.as_ref()
+    }
+
+    /// What the reference TSC page will show, in words: valid on the guest's TSC, sequence 0
+    /// and why, not advertised, or KVM's (kernel mode).
+    pub fn reference_tsc_page(&self) -> &str {
+        &self.tsc_page
     }
 
     /// Restores a state saved by [`VmSynic::save`] into this VM before its start, guest memory

@@ -27,6 +27,7 @@ enum Reg {
     Hypercall,
     VpIndex,
     TimeRef,
+    RefTsc,
     Scontrol,
     Sversion,
     Siefp,
@@ -47,6 +48,7 @@ fn decode(index: u32) -> Option<Reg> {
         0x01 => Reg::Hypercall,
         0x02 => Reg::VpIndex,
         0x20 => Reg::TimeRef,
+        0x21 => Reg::RefTsc,
         0x80 => Reg::Scontrol,
         0x81 => Reg::Sversion,
         0x82 => Reg::Siefp,
@@ -61,7 +63,10 @@ fn decode(index: u32) -> Option<Reg> {
 
 impl Reg {
     fn partition(self) -> bool {
-        matches!(self, Reg::GuestOsId | Reg::Hypercall | Reg::TimeRef)
+        matches!(
+            self,
+            Reg::GuestOsId | Reg::Hypercall | Reg::TimeRef | Reg::RefTsc
+        )
     }
     /// SCONTROL..SINT15: gated on activation for reads and writes.
     fn synic_block(self) -> bool {
@@ -80,6 +85,7 @@ impl Reg {
             Reg::Hypercall => Msr::Hypercall,
             Reg::VpIndex => Msr::VpIndex,
             Reg::TimeRef => Msr::TimeRefCount,
+            Reg::RefTsc => Msr::ReferenceTsc,
             Reg::Scontrol => Msr::Scontrol,
             Reg::Sversion => Msr::Sversion,
             Reg::Siefp => Msr::Siefp,
@@ -134,6 +140,7 @@ pub struct Model {
     count: [u64; 4],
     os_id: u64,
     hypercall: u64,
+    ref_tsc: u64,
     clock: u64,
 }
 
@@ -155,6 +162,7 @@ impl Model {
             count: [0; 4],
             os_id: 0,
             hypercall: 0,
+            ref_tsc: 0,
             clock: setup.clock,
         };
         m.power_on();
@@ -172,6 +180,7 @@ impl Model {
         self.count = [0; 4];
         self.os_id = 0;
         self.hypercall = 0;
+        self.ref_tsc = 0;
     }
 
     /// `KVM_CAP_HYPERV_SYNIC[2]` (KVM profile only; TLFS ignores it).
@@ -231,6 +240,7 @@ impl Model {
             Reg::Hypercall => self.hypercall,
             Reg::VpIndex => self.vp_index,
             Reg::TimeRef => self.clock,
+            Reg::RefTsc => self.ref_tsc,
             Reg::Scontrol => self.scontrol,
             Reg::Sversion => self.sversion,
             Reg::Siefp => self.siefp,
@@ -306,6 +316,19 @@ impl Model {
                 Change::HypercallPage {
                     old: Hypercall(old),
                     new: Hypercall(new),
+                }
+            }
+            Reg::RefTsc => {
+                let new = if tlfs {
+                    self.check_width(index, v)?;
+                    v & !0xFFE
+                } else {
+                    v
+                };
+                self.ref_tsc = new;
+                Change::ReferenceTscPage {
+                    old: PageRegister(old),
+                    new: PageRegister(new),
                 }
             }
             Reg::TimeRef => {

@@ -73,6 +73,7 @@ fn dirty(vp: &mut VpRegisters, p: &mut PartitionRegisters) {
     }
     pwr(p, GUEST_OS_ID, 1, Host);
     pwr(p, HYPERCALL, 0x7003, Host);
+    pwr(p, REFERENCE_TSC, 0x8001, Host);
 }
 
 fn power_on_snapshot(scontrol: u64) -> Vec<u64> {
@@ -91,8 +92,12 @@ fn rst_h_tlfs_1_reset_restores_power_on_values_keeping_index_and_width() {
     p.reset();
     assert_eq!(vp_snapshot(&vp), power_on_snapshot(0));
     assert_eq!(
-        (prd(&p, GUEST_OS_ID, Host), prd(&p, HYPERCALL, Host)),
-        (0, 0)
+        (
+            prd(&p, GUEST_OS_ID, Host),
+            prd(&p, HYPERCALL, Host),
+            prd(&p, REFERENCE_TSC, Host)
+        ),
+        (0, 0, 0)
     );
     // The width survives reset.
     assert!(vp.wrmsr(SIMP, 1 << 40, Host).is_err());
@@ -119,8 +124,12 @@ fn rst_h_kvm_1_reset_keeps_activation() {
         let scontrol = u64::from(a.is_some());
         assert_eq!(vp_snapshot(&vp), power_on_snapshot(scontrol));
         assert_eq!(
-            (prd(&p, GUEST_OS_ID, Host), prd(&p, HYPERCALL, Host)),
-            (0, 0)
+            (
+                prd(&p, GUEST_OS_ID, Host),
+                prd(&p, HYPERCALL, Host),
+                prd(&p, REFERENCE_TSC, Host)
+            ),
+            (0, 0, 0)
         );
     }
 }

@@ -2,8 +2,8 @@
 //! pins down, plus a check that the document's rows and these tests match one to one.
 
 use synic_msr::index::{
-    EOM, GUEST_OS_ID, HYPERCALL, SCONTROL, SIEFP, SIMP, SINT0, STIMER0_CONFIG, STIMER0_COUNT,
-    SVERSION, TIME_REF_COUNT, VP_INDEX,
+    EOM, GUEST_OS_ID, HYPERCALL, REFERENCE_TSC, SCONTROL, SIEFP, SIMP, SINT0, STIMER0_CONFIG,
+    STIMER0_COUNT, SVERSION, TIME_REF_COUNT, VP_INDEX,
 };
 use synic_msr::{
     Change, GpReason, Hypercall, KvmSynic, Msr, Origin, PageRegister, PageUpdate,
@@ -23,16 +23,16 @@ mod vp_index;
 // ---------------------------------------------------------------------------------------------
 // Fixtures and helpers.
 
-/// The 33 modelled indices, written out independently of the crate's classifier.
+/// The 34 modelled indices, written out independently of the crate's classifier.
 #[rustfmt::skip]
-const KNOWN: [u32; 33] = [
-    0x4000_0000, 0x4000_0001, 0x4000_0002, 0x4000_0020, 0x4000_0080, 0x4000_0081, 0x4000_0082,
-    0x4000_0083, 0x4000_0084, 0x4000_0090, 0x4000_0091, 0x4000_0092, 0x4000_0093, 0x4000_0094,
-    0x4000_0095, 0x4000_0096, 0x4000_0097, 0x4000_0098, 0x4000_0099, 0x4000_009A, 0x4000_009B,
-    0x4000_009C, 0x4000_009D, 0x4000_009E, 0x4000_009F, 0x4000_00B0, 0x4000_00B1, 0x4000_00B2,
-    0x4000_00B3, 0x4000_00B4, 0x4000_00B5, 0x4000_00B6, 0x4000_00B7,
+const KNOWN: [u32; 34] = [
+    0x4000_0000, 0x4000_0001, 0x4000_0002, 0x4000_0020, 0x4000_0021, 0x4000_0080, 0x4000_0081,
+    0x4000_0082, 0x4000_0083, 0x4000_0084, 0x4000_0090, 0x4000_0091, 0x4000_0092, 0x4000_0093,
+    0x4000_0094, 0x4000_0095, 0x4000_0096, 0x4000_0097, 0x4000_0098, 0x4000_0099, 0x4000_009A,
+    0x4000_009B, 0x4000_009C, 0x4000_009D, 0x4000_009E, 0x4000_009F, 0x4000_00B0, 0x4000_00B1,
+    0x4000_00B2, 0x4000_00B3, 0x4000_00B4, 0x4000_00B5, 0x4000_00B6, 0x4000_00B7,
 ];
-const PARTITION: [u32; 3] = [GUEST_OS_ID, HYPERCALL, TIME_REF_COUNT];
+const PARTITION: [u32; 4] = [GUEST_OS_ID, HYPERCALL, TIME_REF_COUNT, REFERENCE_TSC];
 const SYNIC: [u32; 5] = [SCONTROL, SVERSION, SIEFP, SIMP, EOM];
 const PAGES: [u32; 2] = [SIMP, SIEFP];
 const VALUES: [u64; 6] = [0, 1, 0x1_0000, 0x5001, u64::MAX, 1 << 63];

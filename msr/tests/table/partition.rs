@@ -1,4 +1,4 @@
-//! Rows for the partition-wide registers and dispatch: UNK, SCOPE, GOSID, HC, TRC.
+//! Rows for the partition-wide registers and dispatch: UNK, SCOPE, GOSID, HC, TRC, RTSC.
 
 use super::*;
 
@@ -448,4 +448,105 @@ fn trc_g_kvm_2_guest_write_is_gp_read_only() {
 fn trc_h_kvm_1_host_write_is_accepted_and_ignored() {
     trc_read_returns_clock(Profile::Kvm, Host);
     trc_host_write_ignored(Profile::Kvm);
+}
+
+// ---------------------------------------------------------------------------------------------
+// RTSC
+
+const RTSC_VALUES: [u64; 6] = [0, 1, 0x8001, 0x8FFF, 0x1234_5678_9001, 0xFFFF_F000];
+
+fn rtsc_write_stores(profile: Profile, origin: Origin) {
+    let mut p = part(profile);
+    let mut old = 0;
+    for value in RTSC_VALUES {
+        let stored = match profile {
+            Profile::Tlfs => value & 0xFFFF_FFFF_FFFF_F001,
+            Profile::Kvm => value,
+        };
+        let out = pwr(&mut p, REFERENCE_TSC, value, origin);
+        assert_outcome(
+            out,
+            REFERENCE_TSC,
+            old,
+            stored,
+            Change::ReferenceTscPage {
+                old: PageRegister(old),
+                new: PageRegister(stored),
+            },
+        );
+        assert_eq!(prd(&p, REFERENCE_TSC, Guest), stored);
+        assert_eq!(p.reference_tsc(), PageRegister(stored));
+        old = stored;
+    }
+    // Rewriting the same value is still reported: the layer above refreshes the page.
+    let out = pwr(&mut p, REFERENCE_TSC, old, origin);
+    assert_eq!(
+        out.change,
+        Change::ReferenceTscPage {
+            old: PageRegister(old),
+            new: PageRegister(old)
+        }
+    );
+    // No guest OS id is needed, and clearing it leaves the page alone.
+    assert_eq!(prd(&p, GUEST_OS_ID, Host), 0);
+    pwr(&mut p, REFERENCE_TSC, 0x9001, origin);
+    pwr(&mut p, GUEST_OS_ID, 5, Host);
+    let out = pwr(&mut p, GUEST_OS_ID, 0, Guest);
+    assert_eq!(out.change, Change::None);
+    assert_eq!(prd(&p, REFERENCE_TSC, Guest), 0x9001);
+}
+
+#[test]
+fn rtsc_g_tlfs_1_read_returns_stored_value() {
+    let mut p = part(Profile::Tlfs);
+    assert_eq!(prd(&p, REFERENCE_TSC, Guest), 0);
+    pwr(&mut p, REFERENCE_TSC, 0x5001, Guest);
+    assert_eq!(prd(&p, REFERENCE_TSC, Guest), 0x5001);
+    assert_eq!(p.read(Msr::ReferenceTsc, Guest, 9), Ok(0x5001));
+}
+
+#[test]
+fn rtsc_g_tlfs_2_write_drops_rsvdp_and_reports_the_page_change() {
+    rtsc_write_stores(Profile::Tlfs, Guest);
+}
+
+#[test]
+fn rtsc_g_tlfs_3_address_beyond_width_is_gp() {
+    for origin in [Guest, Host] {
+        let mut p = part(Profile::Tlfs).with_phys_addr_bits(36);
+        for value in [1u64 << 36 | 1, 1 << 36, 1 << 63] {
+            assert_eq!(
+                pwr_gp(&mut p, REFERENCE_TSC, value, origin),
+                GpReason::GpaTooWide {
+                    gpa: value & !0xFFF,
+                    bits: 36
+                }
+            );
+        }
+        pwr(&mut p, REFERENCE_TSC, (1 << 36) - 0x1000 + 1, origin);
+    }
+}
+
+#[test]
+fn rtsc_h_tlfs_1_host_access_follows_the_guest_rules() {
+    rtsc_write_stores(Profile::Tlfs, Host);
+    let mut p = part(Profile::Tlfs);
+    pwr(&mut p, REFERENCE_TSC, 0x7003, Host);
+    assert_eq!(prd(&p, REFERENCE_TSC, Host), 0x7001);
+}
+
+#[test]
+fn rtsc_g_kvm_1_all_bits_stored_without_checks() {
+    rtsc_write_stores(Profile::Kvm, Guest);
+    let mut p = part(Profile::Kvm).with_phys_addr_bits(36);
+    pwr(&mut p, REFERENCE_TSC, u64::MAX, Guest);
+    assert_eq!(prd(&p, REFERENCE_TSC, Guest), u64::MAX);
+}
+
+#[test]
+fn rtsc_h_kvm_1_host_access_stores_all_bits() {
+    rtsc_write_stores(Profile::Kvm, Host);
+    let mut p = part(Profile::Kvm);
+    pwr(&mut p, REFERENCE_TSC, 0xFFE, Host);
+    assert_eq!(prd(&p, REFERENCE_TSC, Host), 0xFFE);
 }

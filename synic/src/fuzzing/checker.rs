@@ -597,9 +597,19 @@ impl Checker {
             (&vp_state.message_page, &vp_state.event_flags_page),
             "overlay pages after save/restore"
         );
+        let part_again = self.harness.partition.save();
         assert_eq!(
-            self.harness.partition.save().hypercall_page,
-            part_state.hypercall_page
+            (
+                &part_again.hypercall_page,
+                part_again.reference_tsc,
+                &part_again.reference_tsc_page
+            ),
+            (
+                &part_state.hypercall_page,
+                part_state.reference_tsc,
+                &part_state.reference_tsc_page
+            ),
+            "the partition's overlay pages after save/restore"
         );
         // Queues may differ now: restore retries delivery (a slot freed without EOM fills),
         // and a one-shot timer whose expiry waited for that slot clears its Enable bit.

@@ -1,6 +1,6 @@
 //! GPA overlay pages (TLFS "GPA Overlay Pages"), emulated by swapping page contents.
 //!
-//! SIMP, SIEFP and the hypercall page (and later the reference TSC page) are overlay pages:
+//! SIMP, SIEFP, the hypercall page and the reference TSC page are overlay pages:
 //! the hypervisor owns a page and lays it over the guest physical page its register names.
 //! While it is enabled the guest sees the overlay, not the RAM underneath; disabling uncovers
 //! that RAM untouched; the overlay keeps its content across disable and re-enable, even at
@@ -18,7 +18,8 @@
 //! top; an overlay enabled where another is placed is **shadowed** (its content stays in its
 //! host buffer; message delivery holds messages back as for a disabled message page, event
 //! flags are refused) until the top one leaves, when the first shadowed one (hypercall page,
-//! then VP order, message page before event-flags page) is placed in its turn. An overlay
+//! reference TSC page, then VP order, message page before event-flags page) is placed in its
+//! turn. An overlay
 //! enabled at an address that is not wholly RAM is **unbacked**: its content stays in the
 //! host buffer and delivery refuses with `PageNotInRam`, as before overlays existed.
 //!
@@ -101,6 +102,8 @@ pub(crate) enum OverlayId {
     Vp(usize, VpPage),
     /// The partition's hypercall page (userspace mode).
     Hypercall,
+    /// The partition's reference TSC page (userspace mode).
+    ReferenceTsc,
 }
 
 /// One overlay's host-side state.
@@ -118,6 +121,7 @@ struct Overlay {
 pub(crate) struct Overlays {
     vps: Box<[[Overlay; 2]]>,
     hypercall: Overlay,
+    reference_tsc: Overlay,
     /// The overlay placed at each GPA.
     placed: BTreeMap<u64, OverlayId>,
     /// How many overlays are shadowed (no search for one to uncover while 0).
@@ -127,7 +131,8 @@ pub(crate) struct Overlays {
 /// One overlay page's saved state: the page the host keeps for it.
 ///
 /// Part of [`VpState`](crate::VpState) (message and event-flags pages) and
-/// [`PartitionState`](crate::PartitionState) (hypercall page) from state version 3.
+/// [`PartitionState`](crate::PartitionState) (hypercall page from state version 3, reference
+/// TSC page from version 4).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OverlayState {
     /// `true`: the overlay lay over guest RAM at its register's address when saved, so its
@@ -145,6 +150,7 @@ impl Overlays {
         Self {
             vps: (0..vps).map(|_| Default::default()).collect(),
             hypercall: Overlay::default(),
+            reference_tsc: Overlay::default(),
             placed: BTreeMap::new(),
             shadowed: 0,
         }
@@ -154,6 +160,7 @@ impl Overlays {
         match id {
             OverlayId::Vp(slot, page) => &self.vps[slot][page as usize],
             OverlayId::Hypercall => &self.hypercall,
+            OverlayId::ReferenceTsc => &self.reference_tsc,
         }
     }
 
@@ -161,6 +168,7 @@ impl Overlays {
         match id {
             OverlayId::Vp(slot, page) => &mut self.vps[slot][page as usize],
             OverlayId::Hypercall => &mut self.hypercall,
+            OverlayId::ReferenceTsc => &mut self.reference_tsc,
         }
     }
 
@@ -283,6 +291,9 @@ impl Overlays {
         let waiting = |o: &Overlay| o.gpa == Some(gpa) && o.placement == Placement::Shadowed;
         if waiting(&self.hypercall) {
             return Some(OverlayId::Hypercall);
+        }
+        if waiting(&self.reference_tsc) {
+            return Some(OverlayId::ReferenceTsc);
         }
         self.vps.iter().enumerate().find_map(|(slot, pages)| {
             [VpPage::Simp, VpPage::Siefp]

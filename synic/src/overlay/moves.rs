@@ -1,11 +1,14 @@
 //! Moving overlay pages under the partition's locks: a VP's page registers change (an MSR
 //! write, a KVM exit, a reset), the hypercall page moves, and what that uncovers.
 
+use std::sync::atomic::Ordering;
+
 use synic_msr::PageRegister;
 use vm_memory::{GuestAddressSpace, GuestMemory};
 
 use super::{OverlayId, Overlays, Placement, VpPage};
 use crate::delivery::PageRegs;
+use crate::page;
 use crate::partition::Partition;
 use crate::shared::AllSints;
 
@@ -27,7 +30,8 @@ impl Uncovered {
                     *free = Some(slot);
                 }
             }
-            OverlayId::Vp(_, VpPage::Siefp) => {}
+            // The reference TSC page is refreshed as it is placed (`Partition::uncover`).
+            OverlayId::Vp(_, VpPage::Siefp) | OverlayId::ReferenceTsc => {}
             OverlayId::Hypercall => self.hypercall_page = Some(gpa),
         }
     }
@@ -123,8 +127,52 @@ impl<M: GuestAddressSpace> Partition<M> {
         (uncovered, placed)
     }
 
+    /// Moves the reference TSC page overlay to `gpa` (`None`: disabled; `reset`: its content
+    /// is zeroed afterwards) and, when it lies over RAM, rewrites its head with the current
+    /// parameters. Returns what it uncovered.
+    pub(crate) fn move_reference_tsc_page(&self, gpa: Option<u64>, reset: bool) -> Uncovered {
+        let mem = self.memory.memory();
+        let mut overlays = self.lock_overlays();
+        let id = OverlayId::ReferenceTsc;
+        let left = overlays.relocate(&*mem, id, gpa);
+        if reset {
+            overlays.zero_content(&*mem, id);
+        }
+        self.publish_reference_tsc(&overlays, &*mem);
+        let mut uncovered = Uncovered::default();
+        if let Some(old) = left {
+            if let Some(next) = overlays.next_at(old) {
+                self.uncover(&mut overlays, &*mem, next);
+                uncovered.note(next, old);
+            }
+        }
+        uncovered
+    }
+
+    /// Rewrites the head of the reference TSC page if it lies over RAM (registry held): the
+    /// clock's TSC parameters shifted by the partition's time offset, or sequence 0 when the
+    /// clock does not follow the guest TSC.
+    pub(crate) fn publish_reference_tsc<G: GuestMemory + ?Sized>(
+        &self,
+        overlays: &Overlays,
+        mem: &G,
+    ) {
+        let id = OverlayId::ReferenceTsc;
+        if let (Some(gpa), Placement::Placed) = (overlays.gpa(id), overlays.placement(id)) {
+            // Placed means the page is RAM; if it was removed since, there is nothing to show.
+            if let Ok(page) = page::resolve(mem, gpa) {
+                let last = self.tsc_sequence.load(Ordering::Relaxed);
+                if let Ok(next) = page.publish_tsc(self.reference_tsc_parameters(), last) {
+                    if next != 0 {
+                        self.tsc_sequence.store(next, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    }
+
     /// Places the shadowed overlay `id` (registry held); a VP page is swapped under all its
-    /// SINT locks and its placement published.
+    /// SINT locks and its placement published; the reference TSC page gets fresh parameters.
     fn uncover<G: GuestMemory + ?Sized>(&self, overlays: &mut Overlays, mem: &G, id: OverlayId) {
         match id {
             OverlayId::Vp(slot, _) => {
@@ -134,6 +182,10 @@ impl<M: GuestAddressSpace> Partition<M> {
                 shared.set_placements(&all, overlays.vp_placements(slot));
             }
             OverlayId::Hypercall => overlays.uncover(mem, id),
+            OverlayId::ReferenceTsc => {
+                overlays.uncover(mem, id);
+                self.publish_reference_tsc(overlays, mem);
+            }
         }
     }
 

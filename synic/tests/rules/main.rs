@@ -8,4 +8,5 @@ mod kernel;
 mod messages;
 mod msrs;
 mod overlays;
+mod reference_tsc;
 mod state;

@@ -7,4 +7,5 @@ pub mod hypercalls;
 pub mod messages;
 pub mod msrs;
 pub mod overlays;
+pub mod reference_tsc;
 pub mod save_restore;

@@ -12,7 +12,8 @@ use synic_kvm::ModeRequest;
 /// Usage of `synic-vmm linux`.
 pub const USAGE: &str =
     "  synic-vmm linux [--smp N] [--mem MiB] [--timeout S] [--mode auto|kernel|userspace]
-                  [--no-hyperv] [--no-vmbus] [--vmbus-max-version X.Y] [--initrd FILE]
+                  [--no-hyperv] [--no-tsc-page] [--no-vmbus] [--vmbus-max-version X.Y]
+                  [--initrd FILE]
                   [--append ARGS] [--timestamps] [--heartbeats N] [--kvp KEY]...
                   [--time-sample] [--shutdown-after S] KERNEL
                                     boot a Linux bzImage with COM1 on stdout (Hyper-V
@@ -24,8 +25,10 @@ pub const USAGE: &str =
                                     (FullyQualifiedDomainName: its host name), --time-sample
                                     sends a time sample, --shutdown-after S asks the guest to
                                     power off through the shutdown service S seconds after
-                                    those (and the service being ready); exit status 0 when the
-                                    guest powers off or halts, 3 on reset";
+                                    those (and the service being ready); --no-tsc-page hides the
+                                    reference TSC page (every guest clock read is then a
+                                    TIME_REF_COUNT access); exit status 0 when the guest powers
+                                    off or halts, 3 on reset";
 
 /// The command line every boot gets; `--append` adds to it.
 pub const BASE_CMDLINE: &str = "console=ttyS0 panic=-1 pci=off io_delay=none";
@@ -48,6 +51,7 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<LinuxRun, String> {
         mem_size: 256 << 20,
         mode: ModeRequest::Auto,
         hyperv: true,
+        reference_tsc: true,
         vmbus: Some(Version::WIN10_V5_3),
         script: HostScript::default(),
         timeout: None,
@@ -92,6 +96,7 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<LinuxRun, String> {
                 }
             }
             "--no-hyperv" => r.hyperv = false,
+            "--no-tsc-page" => r.reference_tsc = false,
             "--timestamps" => r.image.console_timestamps = true,
             "--no-vmbus" => r.vmbus = None,
             "--vmbus-max-version" => {
@@ -186,9 +191,12 @@ fn summary(report: &LinuxReport) -> (String, u8) {
     (
         format!(
             "synic-vmm: guest {what} after {secs:.1} s ({:?} mode, TSC {} kHz, {exits} port/MSR/MMIO \
-             exits, {hyperv} hypercall/Hyper-V exits)",
+             exits, {hyperv} hypercall/Hyper-V exits, {} TIME_REF_COUNT reads; reference TSC \
+             page: {})",
             report.mode,
-            report.tsc_hz / 1000
+            report.tsc_hz / 1000,
+            report.time_ref_count_reads,
+            report.tsc_page
         ),
         status,
     )

@@ -26,6 +26,9 @@ pub struct LinuxRun {
     /// Show the guest Hyper-V (CPUID, hypercall page, VP_INDEX, TIME_REF_COUNT, frequency
     /// MSRs). Without it the guest sees a plain PC.
     pub hyperv: bool,
+    /// Offer the reference TSC page (needs `hyperv`): the guest's clock reads then exit no
+    /// more (userspace mode: when the host's TSC can back the page).
+    pub reference_tsc: bool,
     /// Attach the VMBus host and its integration services (needs `hyperv`), speaking
     /// versions up to this.
     pub vmbus: Option<Version>,
@@ -62,6 +65,11 @@ pub struct LinuxReport {
     /// The TSC frequency KVM runs the guest's TSC at (Hz); the guest is told it through
     /// HV_X64_MSR_TSC_FREQUENCY when it sees Hyper-V.
     pub tsc_hz: u64,
+    /// What the reference TSC page showed (valid, sequence 0 and why, not advertised, KVM's).
+    pub tsc_page: String,
+    /// The guest's TIME_REF_COUNT reads (userspace mode: each one an MSR exit; kernel mode:
+    /// KVM answers them, 0 here).
+    pub time_ref_count_reads: u64,
     /// The VMBus host's exchange log, when it was attached.
     pub vmbus: Option<VmbusLog>,
     /// What the host script did, when there was one.
@@ -108,18 +116,26 @@ pub fn run(mut r: LinuxRun) -> Result<LinuxReport, LinuxError> {
             power: machine.power.event(),
             outcome,
             tsc_hz: machine.tsc_hz,
+            tsc_page: "not advertised (no Hyper-V)".into(),
+            time_ref_count_reads: 0,
             vmbus: None,
             script: None,
         });
     }
+    let features = HvFeatures {
+        reference_tsc: r.reference_tsc,
+        ..LINUX_HYPERV
+    };
     let mut svm = SynicVmBuilder::new()
         .vcpus(r.vcpus)
         .memory(r.mem_size)
         .mode(r.mode)
-        .features(LINUX_HYPERV)
+        .features(features)
         .testdev(false)
         .build()?;
     let mode = svm.mode();
+    let tsc_page = svm.reference_tsc_page().to_string();
+    let synic = std::sync::Arc::clone(svm.synic());
     let machine = prepare(svm.vm_mut(), &image, r.console)?;
     let tsc_hz = machine.tsc_hz;
     let host = match (r.vmbus, image.vmbus_acpi) {
@@ -158,6 +174,8 @@ pub fn run(mut r: LinuxRun) -> Result<LinuxReport, LinuxError> {
         power: machine.power.event(),
         outcome,
         tsc_hz,
+        tsc_page,
+        time_ref_count_reads: synic.stats().time_ref_count_reads,
         vmbus: host.map(VmbusHost::finish),
         script,
     })
