@@ -74,6 +74,10 @@ while IFS=$'\t' read -r label dir cmd; do
     (cd "$dir" && { [ -z "$traced" ] || export SYNIC_DEMO_TRACING=$traced; } \
       && eval "timeout -k 10 $limit $cmd") 2>&1
     rc=$?
+    # The markers must start a line: a command killed mid-line (a test runner's
+    # "test x ... " before a timeout) would otherwise glue "=== end" to it, and run.sh would
+    # take the command for one the lab never finished.
+    echo
     if [ -n "$traced" ]; then
       echo 0 >"$traced/tracing_on"
       if [ "$rc" != 0 ]; then

@@ -8,6 +8,7 @@
 #   - a failure with the signature caught, then a pass -> 0, RETRIED, counted in the summary
 #   - the signature caught on every attempt          -> 1 after 3 attempts
 #   - a failed demo                                  -> 1, its kernel trace in its log
+#   - a command killed at its limit in mid-line      -> 1, FAIL (status 124), not NOT RUN
 #   - a lab that never boots                         -> 77 (SKIPPED)
 # Exit 0 when every check holds, 1 otherwise.
 set -uo pipefail
@@ -47,6 +48,7 @@ sig() { echo " vcpu0-1 [000] .... 1.0: kvm_exit: vcpu 0 reason shutdown rip 0xff
 pass() { echo "test result: ok. 3 passed; 0 failed"; exit 0; }
 case $behaviour in
   pass) pass;;
+  hang) printf 'test slow ... '; sleep 60;;
   fail) echo "test it_works ... FAILED"; echo "test result: FAILED. 2 passed; 1 failed"; exit 1;;
   sig-then-pass) [ $n -gt 1 ] && pass; sig; exit 101;;
   sig-always) sig; exit 101;;
@@ -111,6 +113,11 @@ check "failed demo: exit 1" [ $rc = 1 ]
 check "failed demo: its trace is in its log" grep -q "^=== trace demo-kernel" "$out/demo-kernel.last.log"
 check "failed demo: the trace holds the demo's events" grep -q "kvm_inj_virq: IRQ 0x50" "$out/demo-kernel.log"
 check "failed demo: the FAIL line points at the trace" has "FAIL demo-kernel.*kernel trace of the failure"
+
+case=timeout; KERNEL_LAB_LIMIT=2 run timeout "timers hang" "vmm pass"
+check "command over its limit, killed mid-line: exit 1" [ $rc = 1 ]
+check "command over its limit: FAIL with status 124, not NOT RUN" has "FAIL timers .*exit status 124"
+check "command over its limit: the rest ran" has "PASS vmm"
 
 case=noboot; FAKE_LAB=noboot run noboot "e2e pass"
 check "lab never boots: exit 77" [ $rc = 77 ]
