@@ -9,7 +9,8 @@ use std::time::Duration;
 use common::kvm_available;
 use synic_msr::Profile;
 use synic_vmm::bench::{self, BenchConfig, Kind};
-use synic_vmm::demo::{self, DemoConfig, Fault, Traffic};
+use synic_vmm::demo::guest::{self, anomaly};
+use synic_vmm::demo::{self, DemoConfig, Duplicates, Fault, Traffic};
 
 fn short_demo(profile: Profile) -> DemoConfig {
     DemoConfig {
@@ -113,4 +114,58 @@ fn demo_checks_catch_an_injected_loss_and_duplicate() {
     // Seen twice by the guest, and its two replies seen by the host.
     assert_eq!(report.duplicated, 2 * vcpus);
     assert_eq!(report.out_of_order, 0);
+}
+
+/// Issue 14: the lab's emulator delivered the message vector a second time inside the running
+/// ISR (IF clear), after the ISR had read the slot's type and before its payload; the inner
+/// ISR answered the message and freed the slot, the outer one then read the same payload: a
+/// duplicate. The guest now ignores such a delivery. `Fault::PhantomInterrupt` makes the same
+/// delivery here (the ISR entered again with an interrupt frame, IF clear), on every vCPU, once
+/// in the latency phase and once in the pipelined phase. Also in the lab, where the emulator
+/// may add its own.
+#[test]
+fn demo_guest_ignores_an_interrupt_delivered_inside_its_isr() {
+    if !kvm_available() {
+        return;
+    }
+    let base = DemoConfig {
+        messages: 400,
+        events: 100,
+        latency_samples: 50,
+        timeout: Duration::from_secs(60),
+        ..DemoConfig::default()
+    };
+    let vcpus = u64::from(base.vcpus);
+    for n in [20, 300] {
+        let config = DemoConfig {
+            fault: Some(Fault::PhantomInterrupt(n)),
+            ..base
+        };
+        let report = demo::run(&config, Duration::from_secs(3600), |_| {}).unwrap();
+        println!("{report}");
+        assert!(report.passed(), "phantom in message interrupt {n}");
+        assert_eq!(report.duplicates, Duplicates::default());
+        // The lab's emulator may add its own (the guest ignores those too).
+        assert!(report.phantom_interrupts >= vcpus);
+        for (_, a) in report
+            .anomalies
+            .iter()
+            .filter(|(_, a)| a.kind == anomaly::NESTED)
+        {
+            assert_eq!(a.rflags & (1 << 9), 0, "delivered with IF clear");
+        }
+        for v in 0..base.vcpus {
+            let injected = report
+                .anomalies
+                .iter()
+                .filter(|(vcpu, a)| {
+                    *vcpu == v
+                        && a.kind == anomaly::NESTED
+                        && a.seq == u64::from(guest::MSG_VECTOR)
+                        && a.message_irqs == n + 1
+                })
+                .count();
+            assert_eq!(injected, 1, "vCPU {v}: inside its {n}-th message interrupt");
+        }
+    }
 }

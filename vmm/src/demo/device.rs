@@ -1,13 +1,14 @@
 //! The demo's host side for one vCPU: a device thread that posts messages and sets event
 //! flags in windows, and checks the guest's replies.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver};
 use synic::{Error as SynicError, FlagOutcome, HvMessage, MessageType, VpIndex};
 
+use super::diag::Anomalies;
 use super::guest::{EVENT_FLAGS, EVT_SINT, HOST_MESSAGE_TYPE, MSG_SINT, REPLY_MESSAGE_TYPE};
 use crate::synic_vm::SynicPartition;
 use synic_kvm::{GuestEvent, GuestMessage};
@@ -33,6 +34,9 @@ pub(crate) struct Plan {
 #[derive(Debug, Default)]
 pub(crate) struct Progress {
     pub exchanged: AtomicU64,
+    /// Set when the VM stopped early: the devices give up instead of waiting for the
+    /// deadline.
+    pub abort: AtomicBool,
 }
 
 /// What one device thread saw.
@@ -42,7 +46,11 @@ pub(crate) struct DeviceResult {
     pub events_sent: u64,
     /// Distinct message replies (by seq).
     pub replies: u64,
+    /// Every message reply, duplicates included.
+    pub replies_in: u64,
     pub reply_duplicated: u64,
+    /// The first few duplicated replies: (seq, how many replies had arrived before it).
+    pub duplicate_replies: Vec<(u64, u64)>,
     pub reply_out_of_order: u64,
     pub reply_bad: u64,
     pub event_replies: u64,
@@ -67,7 +75,11 @@ pub(crate) struct Device {
     pub epoch: Instant,
     pub deadline: Instant,
     pub progress: Arc<Progress>,
+    pub anomalies: Arc<Anomalies>,
 }
+
+/// Duplicated replies listed in a [`DeviceResult`] (the rest are only counted).
+const DUPLICATES_LISTED: usize = 8;
 
 impl Device {
     pub fn run(self) -> DeviceResult {
@@ -75,22 +87,35 @@ impl Device {
         let p = self.plan;
         let mut seen = vec![false; usize::try_from(p.messages).unwrap_or(0)];
         let mut next_reply = 0u64; // expected message reply seq
-        let mut replies_in = 0u64; // every reply, duplicates included
         let mut event_sent_at = [self.epoch; EVENT_FLAGS as usize];
         let latency_messages = p.latency_samples.min(p.messages);
         let latency_events = p.latency_samples.min(p.events);
         let mut pipelined_start = None;
-        // Replies the guest will send: one per message it receives, duplicates included.
-        let expected_replies = match p.fault {
-            Some(super::Fault::SkipMessage(_)) => p.messages.saturating_sub(1),
-            Some(super::Fault::DuplicateMessage(_)) => p.messages + 1,
-            None => p.messages,
+        // Replies the guest will send: one per message it receives (distinct, and in all with
+        // duplicates). Done when both arrived: an unexpected duplicate then cannot end the
+        // run before the last distinct reply is in.
+        let (expected_distinct, expected_replies) = match p.fault {
+            Some(super::Fault::SkipMessage(_)) => {
+                (p.messages.saturating_sub(1), p.messages.saturating_sub(1))
+            }
+            Some(super::Fault::DuplicateMessage(_)) => (p.messages, p.messages + 1),
+            Some(super::Fault::PhantomInterrupt(_)) | None => (p.messages, p.messages),
         };
         loop {
-            if replies_in >= expected_replies && r.event_replies >= p.events {
+            if r.replies >= expected_distinct
+                && r.replies_in >= expected_replies
+                && r.event_replies >= p.events
+            {
                 break;
             }
             let now = Instant::now();
+            if self.progress.abort.load(Ordering::Relaxed) {
+                r.error = Some(format!(
+                    "the VM stopped: {}/{} message and {}/{} event replies",
+                    r.replies, p.messages, r.event_replies, p.events
+                ));
+                break;
+            }
             if now >= self.deadline {
                 r.error = Some(format!(
                     "time limit: {}/{} message and {}/{} event replies",
@@ -100,7 +125,7 @@ impl Device {
             }
             // Phase 1 (latency): messages one at a time, then events one at a time.
             // Phase 2: both streams pipelined.
-            let messages_done_latency = replies_in >= latency_messages;
+            let messages_done_latency = r.replies >= latency_messages;
             let events_done_latency = r.event_replies >= latency_events;
             let latency_done = messages_done_latency && events_done_latency;
             if latency_done && pipelined_start.is_none() {
@@ -111,7 +136,11 @@ impl Device {
             } else {
                 (latency_messages, 1)
             };
-            while r.messages_sent < message_limit && r.messages_sent - replies_in < mw {
+            // In flight: messages sent that no distinct reply answered yet. Counting every
+            // reply instead would let one duplicate make this negative (it once wrapped and
+            // stopped the host for good).
+            while r.messages_sent < message_limit && r.messages_sent.saturating_sub(r.replies) < mw
+            {
                 match self.post(r.messages_sent) {
                     Ok(true) => r.messages_sent += 1,
                     Ok(false) => break, // queue full: wait for a reply
@@ -143,11 +172,15 @@ impl Device {
                     }
                 }
             }
-            let wait = self.deadline.saturating_duration_since(now);
+            // Short enough to notice an abort soon.
+            let wait = self
+                .deadline
+                .saturating_duration_since(now)
+                .min(Duration::from_millis(100));
             select! {
                 recv(self.messages) -> m => match m {
                     Ok(m) => {
-                        replies_in += 1;
+                        r.replies_in += 1;
                         self.check_reply(&m, &mut r, &mut seen, &mut next_reply, latency_messages);
                     }
                     Err(_) => { r.error = Some("message connection closed".into()); return r; }
@@ -234,6 +267,13 @@ impl Device {
         };
         if *slot {
             r.reply_duplicated += 1;
+            if r.duplicate_replies.len() < DUPLICATES_LISTED {
+                r.duplicate_replies.push((seq, r.replies_in - 1));
+            }
+            self.anomalies.seen(format_args!(
+                "vCPU {}: the host got the reply to message {seq} again",
+                self.vp.0
+            ));
             return;
         }
         *slot = true;

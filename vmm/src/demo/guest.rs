@@ -73,7 +73,62 @@ pub mod stat {
     pub const SPURIOUS: u64 = 0x50;
     /// Hypercalls answered INSUFFICIENT_BUFFERS and retried.
     pub const RETRIES: u64 = 0x58;
+    /// HvPostMessage calls made (retries included).
+    pub const MSG_CALLS: u64 = 0x60;
+    /// HvSignalEvent calls made (retries included).
+    pub const EVT_CALLS: u64 = 0x68;
+    /// Interrupts taken while one of the demo's ISRs was running. Both are interrupt gates (IF
+    /// stays clear until `iretq`), so a correct platform never does this.
+    pub const NESTED: u64 = 0x70;
+    /// Hypercalls that returned with RAX still holding [`super::NO_STATUS`]: nothing wrote a
+    /// status.
+    pub const NO_STATUS: u64 = 0x78;
+    /// Anomalies seen (records written to [`super::anomaly`], or dropped once it is full).
+    pub const ANOMALIES: u64 = 0x80;
+    /// How many of the demo's ISRs are running now (the nesting check's own counter).
+    pub const DEPTH: u64 = 0x88;
+    /// HvPostMessage calls that returned SUCCESS.
+    pub const MSG_OK: u64 = 0x90;
+    /// HvSignalEvent calls that returned SUCCESS.
+    pub const EVT_OK: u64 = 0x98;
+    /// Number of counters above (the host reads this many u64s).
+    pub const COUNT: usize = 20;
 }
+
+/// The anomaly log in the statistics page: what the guest saw when something went wrong,
+/// for the demo's failure report. Each record is 8 u64s: kind, sequence number (message),
+/// flag (event) or vector (nested interrupt), RAX (the status a hypercall returned, the slot
+/// header the ISR read, or the interrupted RSP), the interrupted RIP and RFLAGS from this
+/// ISR's interrupt frame, the message slot's header now, and this vCPU's message and event
+/// interrupt counts.
+pub mod anomaly {
+    /// Offset of the first record in the statistics page.
+    pub const RECORDS: u64 = 0x100;
+    /// Bytes per record.
+    pub const RECORD_SIZE: u64 = 64;
+    /// Records kept (later anomalies are only counted).
+    pub const CAPACITY: u64 = 32;
+    /// The ISR found a message whose sequence number it had seen before.
+    pub const DUPLICATE: u64 = 1;
+    /// HvPostMessage returned neither SUCCESS nor INSUFFICIENT_BUFFERS.
+    pub const REPLY_STATUS: u64 = 2;
+    /// HvSignalEvent returned neither SUCCESS nor INSUFFICIENT_BUFFERS.
+    pub const EVENT_STATUS: u64 = 3;
+    /// An interrupt arrived while a demo ISR was running.
+    pub const NESTED: u64 = 4;
+    /// A hypercall returned INSUFFICIENT_BUFFERS (retried; the host's connections are far
+    /// larger than anything in flight, so this is unexpected too).
+    pub const RETRY: u64 = 5;
+}
+
+/// The guest signals each anomaly with a 32-bit `out` of its kind to this port, so the host
+/// can stop a kernel trace right away (see `super::diag`).
+pub const ANOMALY_PORT: u16 = 0x3110;
+
+/// What RAX holds when the guest calls the hypercall page. A hypercall that returns with RAX
+/// unchanged never had a status written; its low 16 bits (0xFF) are neither SUCCESS nor
+/// INSUFFICIENT_BUFFERS, so it also counts as refused.
+pub const NO_STATUS: u64 = 0xDEAD_5EED_0000_00FF;
 
 fn e(err: IcedError) -> Error {
     Error::Assemble(err.to_string())
@@ -100,52 +155,145 @@ fn stat_ptr(s: u64) -> AsmMemoryOperand {
     qword_ptr(rbx + (STATS_OFFSET + s) as i32)
 }
 
+/// Appends an anomaly record (see [`anomaly`]) with `seq` and RAX, and signals it on
+/// [`ANOMALY_PORT`]. Only at an ISR's top level (RBX = the vCPU's area, the interrupt frame 80
+/// bytes above RSP). Clobbers RCX, RDX; preserves RAX.
+fn record(a: &mut CodeAssembler, kind: u64, seq: AsmRegister64) -> Result<()> {
+    let mut full = a.create_label();
+    a.mov(rcx, stat_ptr(stat::ANOMALIES)).map_err(e)?;
+    a.inc(stat_ptr(stat::ANOMALIES)).map_err(e)?;
+    a.cmp(rcx, anomaly::CAPACITY as i32).map_err(e)?;
+    a.jae(full).map_err(e)?;
+    const _: () = assert!(anomaly::RECORD_SIZE == 1 << 6);
+    a.shl(rcx, 6).map_err(e)?;
+    a.lea(
+        rcx,
+        qword_ptr(rbx + rcx + (STATS_OFFSET + anomaly::RECORDS) as i32),
+    )
+    .map_err(e)?;
+    a.mov(qword_ptr(rcx), kind as i32).map_err(e)?;
+    a.mov(qword_ptr(rcx + 8), seq).map_err(e)?;
+    a.mov(qword_ptr(rcx + 16), rax).map_err(e)?;
+    let frame = 8 * SAVED.len() as i32;
+    let fields = [
+        qword_ptr(rsp + frame),      // interrupted RIP
+        qword_ptr(rsp + frame + 16), // interrupted RFLAGS
+        qword_ptr(rbx + (SIMP_OFFSET + 256 * u64::from(MSG_SINT)) as i32),
+        qword_ptr(r14 + u32::from(MSG_VECTOR) * 8),
+        qword_ptr(r14 + u32::from(EVT_VECTOR) * 8),
+    ];
+    for (i, field) in (3..).zip(fields) {
+        a.mov(rdx, field).map_err(e)?;
+        a.mov(qword_ptr(rcx + 8 * i), rdx).map_err(e)?;
+    }
+    a.set_label(&mut full).map_err(e)?;
+    a.push(rax).map_err(e)?;
+    a.mov(eax, kind as u32).map_err(e)?;
+    a.mov(dx, u32::from(ANOMALY_PORT)).map_err(e)?;
+    a.out(dx, eax).map_err(e)?;
+    a.pop(rax).map_err(e)
+}
+
 /// Calls the hypercall page until the status is not INSUFFICIENT_BUFFERS; `load` sets RCX,
-/// RDX, R8 before each try. Counts retries and (status != 0) failures in `failed`.
+/// RDX, R8 before each try, RAX is [`NO_STATUS`] at the call. Counts the calls in `calls`,
+/// retries, returns with no status written, successes in `ok` and (status != 0) failures in
+/// `failed`; each retry and failure is also recorded as `kind` with `seq`. Clobbers RAX, RCX,
+/// RDX, R8, R11.
 fn hypercall_retrying(
     a: &mut CodeAssembler,
     load: impl Fn(&mut CodeAssembler) -> Result<()>,
-    failed: u64,
+    seq: AsmRegister64,
+    [calls, ok, failed]: [u64; 3],
+    kind: u64,
 ) -> Result<()> {
+    let mut success = a.create_label();
     let mut again = a.create_label();
     let mut done = a.create_label();
     let mut fail = a.create_label();
+    let mut has_status = a.create_label();
     a.set_label(&mut again).map_err(e)?;
     load(a)?;
+    a.mov(rax, NO_STATUS).map_err(e)?;
+    a.inc(stat_ptr(calls)).map_err(e)?;
     call_hypercall_page(a, layout::HYPERCALL_PAGE)?;
+    a.mov(rcx, NO_STATUS).map_err(e)?;
+    a.cmp(rax, rcx).map_err(e)?;
+    a.jne(has_status).map_err(e)?;
+    a.inc(stat_ptr(stat::NO_STATUS)).map_err(e)?;
+    a.set_label(&mut has_status).map_err(e)?;
     a.test(ax, ax).map_err(e)?;
-    a.jz(done).map_err(e)?;
+    a.jz(success).map_err(e)?;
     a.cmp(ax, 0x13).map_err(e)?; // HV_STATUS_INSUFFICIENT_BUFFERS
     a.jne(fail).map_err(e)?;
     a.inc(stat_ptr(stat::RETRIES)).map_err(e)?;
+    record(a, anomaly::RETRY, seq)?;
     a.pause().map_err(e)?;
     a.jmp(again).map_err(e)?;
     a.set_label(&mut fail).map_err(e)?;
     a.inc(stat_ptr(failed)).map_err(e)?;
+    record(a, kind, seq)?;
+    a.jmp(done).map_err(e)?;
+    a.set_label(&mut success).map_err(e)?;
+    a.inc(stat_ptr(ok)).map_err(e)?;
     a.set_label(&mut done).map_err(e)?;
     a.nop().map_err(e)
 }
 
 const SAVED: [AsmRegister64; 10] = [rax, rbx, rcx, rdx, rsi, rdi, r8, r9, r10, r11];
 
-fn save(a: &mut CodeAssembler) -> Result<()> {
+/// An ISR's entry: saves [`SAVED`], counts the interrupt, RBX = the vCPU's area.
+///
+/// An ISR entered while another demo ISR runs is a delivery the platform made up: both are
+/// interrupt gates, so IF stays clear until `iretq` and no maskable interrupt can arrive. The
+/// lab's emulated SVM (QEMU TCG) does it: it delivers the vector KVM injected once more, in the
+/// middle of the ISR (docs/kernel-mode-lab.md). Such an entry is recorded
+/// ([`anomaly::NESTED`], RAX = the interrupted RSP) and returns at once, without touching the
+/// slot or the flags (the ISR it interrupted owns them) and without an EOI (the local APIC
+/// has only the outer ISR's vector in service). Handling it instead once made the outer ISR
+/// read a message the inner one had already answered: a duplicate.
+fn enter(a: &mut CodeAssembler, vector: u8) -> Result<()> {
+    let mut alone = a.create_label();
     for r in SAVED {
         a.push(r).map_err(e)?;
     }
-    Ok(())
+    count_irq(a, vector)?;
+    area(a, rbx)?;
+    a.mov(rax, stat_ptr(stat::DEPTH)).map_err(e)?;
+    a.inc(stat_ptr(stat::DEPTH)).map_err(e)?;
+    a.test(rax, rax).map_err(e)?;
+    a.jz(alone).map_err(e)?;
+    a.inc(stat_ptr(stat::NESTED)).map_err(e)?;
+    a.mov(r11d, u32::from(vector)).map_err(e)?;
+    a.mov(rax, qword_ptr(rsp + 8 * SAVED.len() as i32 + 24))
+        .map_err(e)?;
+    record(a, anomaly::NESTED, r11)?;
+    a.dec(stat_ptr(stat::DEPTH)).map_err(e)?;
+    pop_and_return(a)?;
+    a.set_label(&mut alone).map_err(e)?;
+    a.nop().map_err(e)
 }
 
-fn restore_and_return(a: &mut CodeAssembler) -> Result<()> {
-    apic_eoi(a)?;
+fn pop_and_return(a: &mut CodeAssembler) -> Result<()> {
     for r in SAVED.iter().rev() {
         a.pop(*r).map_err(e)?;
     }
     a.iretq().map_err(e)
 }
 
+/// An ISR's exit: EOI, leave the nesting count, restore [`SAVED`], `iretq`. RBX must still
+/// be the vCPU's area.
+fn restore_and_return(a: &mut CodeAssembler) -> Result<()> {
+    apic_eoi(a)?;
+    a.dec(stat_ptr(stat::DEPTH)).map_err(e)?;
+    pop_and_return(a)
+}
+
 /// The message ISR: take the slot's seq and timestamp, free the slot (EOM if MessagePending),
 /// check the seq against the bitmap and the expected next one, reply with HvPostMessage.
-fn message_isr(a: &mut CodeAssembler, messages: u64) -> Result<CodeLabel> {
+/// With `phantom_at = Some(n)`, the n-th message interrupt (counted from 1) enters the ISR
+/// again, as an interrupt delivery would, between reading the slot's type and its payload:
+/// what the lab's emulator once did there.
+fn message_isr(a: &mut CodeAssembler, messages: u64, phantom_at: Option<u64>) -> Result<CodeLabel> {
     let mut label = a.create_label();
     let mut spurious = a.create_label();
     let mut bad = a.create_label();
@@ -155,17 +303,37 @@ fn message_isr(a: &mut CodeAssembler, messages: u64) -> Result<CodeLabel> {
     let mut not_newer = a.create_label();
     let mut out = a.create_label();
     a.set_label(&mut label).map_err(e)?;
-    save(a)?;
-    count_irq(a, MSG_VECTOR)?;
-    area(a, rbx)?;
+    enter(a, MSG_VECTOR)?;
     a.lea(
         rsi,
         qword_ptr(rbx + (SIMP_OFFSET + 256 * u64::from(MSG_SINT)) as i32),
     )
     .map_err(e)?;
-    a.mov(eax, dword_ptr(rsi)).map_err(e)?;
+    // The whole header as read (type, size, flags), for an anomaly record.
+    a.mov(r11, qword_ptr(rsi)).map_err(e)?;
+    a.mov(eax, r11d).map_err(e)?;
     a.test(eax, eax).map_err(e)?;
     a.jz(spurious).map_err(e)?;
+    if let Some(n) = phantom_at {
+        let mut no = a.create_label();
+        a.mov(rcx, n).map_err(e)?;
+        a.cmp(qword_ptr(r14 + u32::from(MSG_VECTOR) * 8), rcx)
+            .map_err(e)?;
+        a.jne(no).map_err(e)?;
+        // The interrupt frame a delivery pushes (SS, RSP, RFLAGS with IF clear, CS, RIP),
+        // then the ISR: what the ISR sees is what the emulator's delivery gave it. (`int n`
+        // would do the same, but nested KVM on some hosts fails to emulate it.)
+        a.mov(rdx, rsp).map_err(e)?;
+        a.mov(ecx, ss).map_err(e)?;
+        a.push(rcx).map_err(e)?;
+        a.push(rdx).map_err(e)?;
+        a.pushfq().map_err(e)?;
+        a.mov(ecx, cs).map_err(e)?;
+        a.push(rcx).map_err(e)?;
+        a.call(label).map_err(e)?;
+        a.set_label(&mut no).map_err(e)?;
+        a.nop().map_err(e)?;
+    }
     a.mov(r9, qword_ptr(rsi + 16)).map_err(e)?;
     a.mov(r10, qword_ptr(rsi + 24)).map_err(e)?;
     a.mov(edi, eax).map_err(e)?;
@@ -191,6 +359,8 @@ fn message_isr(a: &mut CodeAssembler, messages: u64) -> Result<CodeLabel> {
     a.jmp(reply).map_err(e)?;
     a.set_label(&mut dup).map_err(e)?;
     a.inc(stat_ptr(stat::MSG_DUPLICATED)).map_err(e)?;
+    a.mov(rax, r11).map_err(e)?;
+    record(a, anomaly::DUPLICATE, r9)?;
     a.set_label(&mut reply).map_err(e)?;
     a.lea(rdi, qword_ptr(rbx + INPUT_OFFSET as i32))
         .map_err(e)?;
@@ -209,7 +379,9 @@ fn message_isr(a: &mut CodeAssembler, messages: u64) -> Result<CodeLabel> {
             a.mov(rdx, rdi).map_err(e)?;
             a.xor(r8d, r8d).map_err(e)
         },
-        stat::REPLY_FAILED,
+        r9,
+        [stat::MSG_CALLS, stat::MSG_OK, stat::REPLY_FAILED],
+        anomaly::REPLY_STATUS,
     )?;
     a.jmp(out).map_err(e)?;
     a.set_label(&mut bad).map_err(e)?;
@@ -232,9 +404,7 @@ fn event_isr(a: &mut CodeAssembler) -> Result<CodeLabel> {
     let mut spurious = a.create_label();
     let mut out = a.create_label();
     a.set_label(&mut label).map_err(e)?;
-    save(a)?;
-    count_irq(a, EVT_VECTOR)?;
-    area(a, rbx)?;
+    enter(a, EVT_VECTOR)?;
     a.xor(esi, esi).map_err(e)?;
     let flags = SIEFP_OFFSET + 256 * u64::from(EVT_SINT);
     a.xchg(qword_ptr(rbx + flags as i32), rsi).map_err(e)?;
@@ -259,7 +429,9 @@ fn event_isr(a: &mut CodeAssembler) -> Result<CodeLabel> {
             a.or(rdx, rax).map_err(e)?;
             a.xor(r8d, r8d).map_err(e)
         },
-        stat::EVT_REPLY_FAILED,
+        r9,
+        [stat::EVT_CALLS, stat::EVT_OK, stat::EVT_REPLY_FAILED],
+        anomaly::EVENT_STATUS,
     )?;
     a.jmp(next).map_err(e)?;
     a.set_label(&mut done).map_err(e)?;
@@ -274,8 +446,9 @@ fn event_isr(a: &mut CodeAssembler) -> Result<CodeLabel> {
     Ok(label)
 }
 
-/// The demo guest for runs of `messages` messages per vCPU.
-pub fn program(messages: u64) -> Result<GuestProgram> {
+/// The demo guest for runs of `messages` messages per vCPU. `phantom_at`: see
+/// [`super::Fault::PhantomInterrupt`].
+pub fn program(messages: u64, phantom_at: Option<u64>) -> Result<GuestProgram> {
     if messages > MAX_MESSAGES {
         return Err(Error::Config(format!(
             "at most {MAX_MESSAGES} messages per vCPU"
@@ -303,7 +476,7 @@ pub fn program(messages: u64) -> Result<GuestProgram> {
     g.asm().sti().map_err(e)?;
     g.asm().hlt().map_err(e)?;
     g.asm().jmp(sleep).map_err(e)?;
-    let msg = message_isr(g.asm(), messages)?;
+    let msg = message_isr(g.asm(), messages, phantom_at)?;
     g.gate(MSG_VECTOR, msg)?;
     let evt = event_isr(g.asm())?;
     g.gate(EVT_VECTOR, evt)?;

@@ -14,6 +14,7 @@
 //! the replies as they come; the guest's own checks are read from its memory after the run.
 
 mod device;
+mod diag;
 pub mod guest;
 
 use std::sync::Arc;
@@ -28,7 +29,9 @@ use crate::guest::{layout, tag};
 use crate::layout::ports;
 use crate::synic_vm::SynicVmBuilder;
 use device::{Device, DeviceResult, Plan, Progress};
-use guest::{stat, EVT_CONNECTION, EVT_SINT, MSG_CONNECTION, MSG_SINT, STATS_OFFSET, VCPU_AREA};
+use diag::{guest_anomalies, guest_counters, Anomalies, AnomalyPort};
+pub use diag::{GuestAnomaly, TRACING_ENV};
+use guest::{stat, EVT_CONNECTION, EVT_SINT, MSG_CONNECTION, MSG_SINT, VCPU_AREA};
 use synic_kvm::{HostEventConnection, HostMessageConnection};
 use synic_kvm::{ModeRequest, SynicMode};
 
@@ -67,6 +70,12 @@ pub enum Fault {
     SkipMessage(u64),
     /// Every vCPU's device posts message `seq` twice (a duplicate).
     DuplicateMessage(u64),
+    /// Every vCPU's guest enters its message ISR again, with the frame an interrupt delivery
+    /// pushes, inside its n-th message interrupt (from 1), after reading the slot's type and
+    /// before its payload:
+    /// the interrupt the lab's emulator once made up there (docs/kernel-mode-lab.md). The
+    /// guest must ignore it; nothing may be lost or duplicated.
+    PhantomInterrupt(u64),
 }
 
 impl Default for DemoConfig {
@@ -138,6 +147,19 @@ impl Traffic {
     }
 }
 
+/// Message duplicates by the side that saw them (all vCPUs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Duplicates {
+    /// Messages the guest's ISR found a second time (each is answered, so the host sees its
+    /// reply twice too).
+    pub guest_seen: u64,
+    /// Replies the host got twice beyond those: the guest made the HvPostMessage call once
+    /// (or retried a call the host had taken).
+    pub host_seen: u64,
+    /// Replies the host got beyond the guest's HvPostMessage calls that returned SUCCESS.
+    pub host_beyond_guest_successes: u64,
+}
+
 /// The result of a demo run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DemoReport {
@@ -167,10 +189,22 @@ pub struct DemoReport {
     pub out_of_order: u64,
     /// Anything else wrong: malformed messages, hypercalls refused, a device error.
     pub failures: Vec<String>,
+    /// When anything went wrong (or the guest logged an anomaly): per vCPU, which side saw
+    /// the duplicates, the guest's anomaly log, and where the slot, the queues and the
+    /// counters stood at the end.
+    pub diagnosis: Vec<String>,
+    /// Every record of the guests' anomaly logs, by vCPU.
+    pub anomalies: Vec<(u32, GuestAnomaly)>,
+    /// Duplicates by who saw them first: the guest's ISR found a message again
+    /// (guest-seen), or the host got a reply the guest sent once (host-seen).
+    pub duplicates: Duplicates,
     /// Hypercalls the guest retried after INSUFFICIENT_BUFFERS.
     pub retries: u64,
     /// Interrupts that found nothing (coalesced or early), harmless.
     pub spurious: u64,
+    /// Interrupts delivered while one of the guest's ISRs ran with IF clear: made up by the
+    /// platform (the lab's emulator does it), ignored by the guest, harmless since then.
+    pub phantom_interrupts: u64,
     /// Exits to userspace (all vCPUs).
     pub exits: u64,
     /// EOMs the guests wrote (userspace mode: each is an exit).
@@ -251,14 +285,18 @@ impl std::fmt::Display for DemoReport {
             self.exits,
         )?;
         let (msgs, evts, d) = self.pipelined;
-        let secs = d.as_secs_f64().max(1e-9);
-        writeln!(
-            f,
-            "throughput (pipelined): {:.0} messages/s, {:.0} events/s, {:.0} total/s",
-            msgs as f64 / secs,
-            evts as f64 / secs,
-            (msgs + evts) as f64 / secs
-        )?;
+        let secs = d.as_secs_f64();
+        if secs > 0.0 {
+            writeln!(
+                f,
+                "throughput (pipelined): {:.0} messages/s, {:.0} events/s, {:.0} total/s",
+                msgs as f64 / secs,
+                evts as f64 / secs,
+                (msgs + evts) as f64 / secs
+            )?;
+        } else {
+            writeln!(f, "throughput (pipelined): not reached")?;
+        }
         for (what, l) in [
             ("message", &self.message_latency),
             ("event", &self.event_latency),
@@ -271,23 +309,22 @@ impl std::fmt::Display for DemoReport {
                 us(l.p99)
             )?;
         }
+        if self.phantom_interrupts != 0 {
+            writeln!(
+                f,
+                "platform: {} interrupts delivered inside a running ISR with IF clear (made up \
+                 by the platform; the guest ignored them)",
+                self.phantom_interrupts
+            )?;
+        }
         for failure in &self.failures {
             writeln!(f, "FAILURE: {failure}")?;
         }
+        for line in &self.diagnosis {
+            writeln!(f, "DIAGNOSIS: {line}")?;
+        }
         write!(f, "{}", self.verification())
     }
-}
-
-/// The guest-side counters of one vCPU.
-fn guest_stats(memory: &crate::memory::GuestMemory, vcpu: u32) -> Result<[u64; 12]> {
-    let base = layout::FREE_PAGES + u64::from(vcpu) * VCPU_AREA + STATS_OFFSET;
-    let mut out = [0u64; 12];
-    for (i, v) in out.iter_mut().enumerate() {
-        *v = memory
-            .read_obj(GuestAddress(base + 8 * i as u64))
-            .map_err(|e| Error::Memory(e.to_string()))?;
-    }
-    Ok(out)
 }
 
 /// Where a vCPU's exchange stood when it did not finish: the model's counters of both SINTs,
@@ -297,7 +334,7 @@ fn stall_state(
     memory: &crate::memory::GuestMemory,
     synic: &crate::synic_vm::VmSynic,
     vcpu: u32,
-    guest: &[u64; 12],
+    guest: &[u64; stat::COUNT],
 ) -> String {
     let base = layout::FREE_PAGES + u64::from(vcpu) * VCPU_AREA;
     let read = |gpa: u64| {
@@ -314,7 +351,8 @@ fn stall_state(
     format!(
         "vCPU {vcpu} at the end: message SINT {:?}; slot type {:#x} flags {:#x}; event SINT \
          {:?}; flag word {flags:#x}; guest interrupts: {} message, {} event; guest retries {}, \
-         spurious {}",
+         spurious {}, nested {}, no status {}; HvPostMessage calls {} (ok {}), HvSignalEvent \
+         calls {} (ok {})",
         sint(MSG_SINT),
         slot & 0xFFFF_FFFF,
         (slot >> 40) & 0xFF,
@@ -323,6 +361,12 @@ fn stall_state(
         irqs(guest::EVT_VECTOR),
         gs(stat::RETRIES),
         gs(stat::SPURIOUS),
+        gs(stat::NESTED),
+        gs(stat::NO_STATUS),
+        gs(stat::MSG_CALLS),
+        gs(stat::MSG_OK),
+        gs(stat::EVT_CALLS),
+        gs(stat::EVT_OK),
     )
 }
 
@@ -338,7 +382,11 @@ pub fn run(
             "windows must be at least 1, the event window below 64".into(),
         ));
     }
-    let program = guest::program(c.messages)?;
+    let phantom_at = match c.fault {
+        Some(Fault::PhantomInterrupt(n)) => Some(n),
+        _ => None,
+    };
+    let program = guest::program(c.messages, phantom_at)?;
     let mut vm = SynicVmBuilder::new()
         .vcpus(c.vcpus)
         .mode(c.mode)
@@ -357,6 +405,12 @@ pub fn run(
         .add_device(ReportPort::BASE, ReportPort::LEN, Arc::new(report_port))?;
     vm.vm_mut()
         .add_device(ports::DEBUG_EXIT, 1, Arc::new(DebugExit::new(control)))?;
+    let anomalies = Arc::new(Anomalies::new(c.vcpus));
+    vm.vm_mut().add_device(
+        guest::ANOMALY_PORT,
+        4,
+        Arc::new(AnomalyPort(Arc::clone(&anomalies))),
+    )?;
     let mut channels = Vec::new();
     for v in 0..c.vcpus {
         let (m, mrx) = HostMessageConnection::new(4096);
@@ -418,6 +472,7 @@ pub fn run(
             epoch,
             deadline,
             progress: Arc::clone(&counter),
+            anomalies: Arc::clone(&anomalies),
         };
         let t = std::thread::Builder::new()
             .name(format!("demo-device{v}"))
@@ -433,7 +488,11 @@ pub fn run(
     while threads.iter().any(|t| !t.is_finished()) {
         std::thread::sleep(Duration::from_millis(20));
         if running.control().stopping() {
-            break; // a guest fault stopped the VM; the devices hit their time limit
+            // A guest fault stopped the VM: nothing more will arrive.
+            counter
+                .abort
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            break;
         }
         if Instant::now() >= next_progress {
             next_progress += interval;
@@ -478,8 +537,12 @@ pub fn run(
         duplicated: 0,
         out_of_order: 0,
         failures: Vec::new(),
+        diagnosis: Vec::new(),
+        anomalies: Vec::new(),
+        duplicates: Duplicates::default(),
         retries: 0,
         spurious: 0,
+        phantom_interrupts: 0,
         exits,
         eoms: 0,
         acks: 0,
@@ -493,7 +556,7 @@ pub fn run(
     let mut event_latency = Vec::new();
     let mut window: Option<(Instant, Instant)> = None;
     for (v, d) in (0u32..).zip(&results) {
-        let g = guest_stats(&memory, v)?;
+        let g = guest_counters(&memory, v);
         let gs = |s: u64| g[(s / 8) as usize];
         let t = &mut report.traffic;
         t.host_to_guest_messages += gs(stat::MSG_RECEIVED);
@@ -527,9 +590,58 @@ pub fn run(
         }
         if let Some(e) = &d.error {
             report.failures.push(format!("vCPU {v}: {e}"));
-            report.failures.push(stall_state(&memory, &synic, v, &g));
         }
+        let records = guest_anomalies(&memory, v, gs(stat::ANOMALIES));
+        let guest_seen = gs(stat::MSG_DUPLICATED);
+        let host_seen = d.reply_duplicated.saturating_sub(guest_seen);
+        let beyond = d.replies_in.saturating_sub(gs(stat::MSG_OK));
+        report.duplicates.guest_seen += guest_seen;
+        report.duplicates.host_seen += host_seen;
+        report.duplicates.host_beyond_guest_successes += beyond;
+        let troubled = d.error.is_some()
+            || d.reply_duplicated != 0
+            || d.reply_bad != 0
+            || beyond != 0
+            || gs(stat::ANOMALIES) != 0
+            || gs(stat::MSG_DUPLICATED) != 0
+            || gs(stat::REPLY_FAILED) != 0
+            || gs(stat::EVT_REPLY_FAILED) != 0;
+        if troubled {
+            let dup_seqs: Vec<String> = records
+                .iter()
+                .filter(|r| r.kind == guest::anomaly::DUPLICATE)
+                .map(|r| r.seq.to_string())
+                .collect();
+            let host_dups: Vec<String> = d
+                .duplicate_replies
+                .iter()
+                .map(|(seq, at)| format!("{seq} (after {at} replies)"))
+                .collect();
+            report.diagnosis.push(format!(
+                "vCPU {v}: duplicated messages: guest-seen {guest_seen} [{}], host-seen \
+                 {host_seen}; the host got {} replies ({} distinct, duplicates [{}]) for {} \
+                 HvPostMessage calls the guest saw succeed ({} made, {} refused, {} with no \
+                 status written); {} anomaly signals",
+                dup_seqs.join(", "),
+                d.replies_in,
+                d.replies,
+                host_dups.join(", "),
+                gs(stat::MSG_OK),
+                gs(stat::MSG_CALLS),
+                gs(stat::REPLY_FAILED),
+                gs(stat::NO_STATUS),
+                anomalies.signals(v),
+            ));
+            for r in &records {
+                report
+                    .diagnosis
+                    .push(format!("vCPU {v}: guest anomaly: {r}"));
+            }
+            report.diagnosis.push(stall_state(&memory, &synic, v, &g));
+        }
+        report.anomalies.extend(records.into_iter().map(|r| (v, r)));
         report.retries += gs(stat::RETRIES);
+        report.phantom_interrupts += gs(stat::NESTED);
         report.spurious += gs(stat::SPURIOUS);
         if let Ok(counters) = synic.partition().counters(synic::VpIndex(v)) {
             report.eoms += counters.eoms;
@@ -543,6 +655,9 @@ pub fn run(
                 Some((ws, we)) => (ws.min(s), we.max(e)),
             });
         }
+    }
+    if let Some(first) = anomalies.first() {
+        report.diagnosis.push(format!("first anomaly: {first}"));
     }
     let lat_m = c.latency_samples.min(c.messages) * u64::from(c.vcpus);
     let lat_e = c.latency_samples.min(c.events) * u64::from(c.vcpus);
