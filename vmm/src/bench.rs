@@ -355,7 +355,7 @@ impl MessageConnection for Echo {
 }
 
 fn e(err: IcedError) -> Error {
-    Error::Assemble(err.to_string())
+    Error::Asm(err)
 }
 
 /// `out BENCH_PORT, kind` (clobbers RAX, RDX).
@@ -502,9 +502,7 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
     let gsi = table.add(Route::Msi(MsiRoute::fixed(0, FLOOR_VECTOR)))?;
     let floor = table.irqfd(gsi, false)?;
     *engine.fire.lock().unwrap_or_else(PoisonError::into_inner) = fire_table(&synic, floor);
-    synic
-        .add_message_connection(CONNECTION, Arc::new(Echo(Arc::clone(&engine))))
-        .map_err(|err| Error::Config(err.to_string()))?;
+    synic.add_message_connection(CONNECTION, Arc::new(Echo(Arc::clone(&engine))))?;
     let (report_port, reports) = ReportPort::new(1);
     let control = Arc::clone(vm.vm().control());
     vm.vm_mut()
@@ -560,7 +558,11 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
         synic
             .memory()
             .read_obj(vm_memory::GuestAddress(at))
-            .map_err(|e| Error::Memory(format!("interrupt counter at {at:#x}: {e}")))
+            .map_err(|source| Error::GuestMemory {
+                what: "bench interrupt counter",
+                gpa: at,
+                source,
+            })
     };
     let floor = rows[0].1.p50.as_secs_f64().max(1e-12);
     Ok(BenchReport {

@@ -76,7 +76,7 @@ pub mod stat {
 }
 
 fn e(err: IcedError) -> Error {
-    Error::Assemble(err.to_string())
+    Error::Asm(err)
 }
 
 /// The vCPU's area into `reg` (from R15).

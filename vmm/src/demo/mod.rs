@@ -283,9 +283,14 @@ fn guest_stats(memory: &crate::memory::GuestMemory, vcpu: u32) -> Result<[u64; 1
     let base = layout::FREE_PAGES + u64::from(vcpu) * VCPU_AREA + STATS_OFFSET;
     let mut out = [0u64; 12];
     for (i, v) in out.iter_mut().enumerate() {
+        let gpa = base + 8 * i as u64;
         *v = memory
-            .read_obj(GuestAddress(base + 8 * i as u64))
-            .map_err(|e| Error::Memory(e.to_string()))?;
+            .read_obj(GuestAddress(gpa))
+            .map_err(|source| Error::GuestMemory {
+                what: "demo guest counter",
+                gpa,
+                source,
+            })?;
     }
     Ok(out)
 }
@@ -361,13 +366,8 @@ pub fn run(
     for v in 0..c.vcpus {
         let (m, mrx) = HostMessageConnection::new(4096);
         let (e, erx) = HostEventConnection::new(EVT_CONNECTION + v, 4096);
-        let conflict = |e| Error::Config(format!("connection: {e}"));
-        synic
-            .add_message_connection(MSG_CONNECTION + v, m)
-            .map_err(conflict)?;
-        synic
-            .add_event_connection(EVT_CONNECTION + v, e)
-            .map_err(conflict)?;
+        synic.add_message_connection(MSG_CONNECTION + v, m)?;
+        synic.add_event_connection(EVT_CONNECTION + v, e)?;
         channels.push((mrx, erx));
     }
     program.load(vm.vm_mut())?;
