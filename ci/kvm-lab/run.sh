@@ -16,7 +16,10 @@
 #   - synic-vmm --mode kernel (the demo, every message and event checked)
 #   - synic-vmm bench --mode both (userspace vs kernel mode, same workload, same run)
 # Passes (exit 0) when every command exits 0, every test binary ran at least one test and
-# nothing printed SKIPPED (inside the lab nothing may skip). A command broken by the lab's
+# nothing printed SKIPPED (inside the lab nothing may skip). Prints the kernel-mode coverage:
+# the kernel-mode tests that passed in the lab out of the kernel-mode tests that exist in the
+# workspace (those that skip here with synic::testing::kernel_mode_skipped's line), and fails
+# when the lab booted and ran none. A command broken by the lab's
 # emulator bug (the nested guest's register state lost: a lab-kernel RIP or a triple fault,
 # seen by a filtered kvm_exit tracepoint) is run again inside the lab and reported as RETRIED;
 # the summary says how many commands that took. A command that fails with no such catch fails
@@ -171,7 +174,7 @@ grep -a -q '=== lab: ' "$out/lab.log" \
 grep -a -m1 -o '=== lab: .*' "$out/lab.log" | sed 's/^=== /kernel-lab: /' >&2
 
 # 4. Check every command (its last attempt).
-status=0 passed=0 retried=0 retries_all=0 not_run=()
+status=0 passed=0 retried=0 retries_all=0 not_run=() passed_labels=()
 while IFS=$'\t' read -r label _; do
   log="$out/$label.log"
   awk -v l="$label" '$0=="=== begin " l {w=1; next} index($0, "=== end " l " ")==1 {w=0} w' \
@@ -212,12 +215,77 @@ while IFS=$'\t' read -r label _; do
   grep -a -q "^=== trace $label " "$last" && note="$note [kernel trace of the failure at the end of $last]"
   if [ ${#problems[@]} -eq 0 ]; then
     passed=$((passed + 1))
+    passed_labels+=("$label")
     say "PASS $label (${secs:-?} s): $what$note"
   else
     status=1
     say "FAIL $label (${secs:-?} s): ${problems[*]} (log $log)$note"
   fi
 done <"$suite"
+# 5. Kernel-mode coverage: the kernel-mode tests that exist against those that passed ("test
+#    NAME ... ok") in a command that passed in the lab. The kernel-mode tests are found on this
+#    host: of every workspace test binary's tests named as kernel-mode variants (a `kernel`
+#    path segment or `kernel_mode` in the name), those that print kernel_mode_skipped's line
+#    when run here (all of them if this host runs kernel mode itself and none skips). A lab
+#    that booted and ran no kernel-mode test fails the run.
+kernel_mode_coverage() {
+  python3 - "$out/artifacts.json" "$suite" "$out" "$@" <<'PY'
+import json, os, re, subprocess, sys
+artifacts, suite, out, *passed_labels = sys.argv[1:]
+kernel = re.compile(r"(^|::)kernel($|::)|kernel_mode")
+binaries = {}  # executable -> (package, target, dir)
+for line in open(artifacts):
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") != "compiler-artifact" or not m.get("executable"):
+        continue
+    if not m.get("profile", {}).get("test"):
+        continue
+    names = [l.split("=", 1)[1].strip().strip('"') for l in open(m["manifest_path"])
+             if l.replace(" ", "").startswith("name=")]
+    pkg = names[0] if names else "?"
+    binaries[m["executable"]] = (pkg, m["target"]["name"], os.path.dirname(m["manifest_path"]))
+named, exist = set(), set()
+env = {k: v for k, v in os.environ.items() if k != "SYNIC_REQUIRE_KVM"}
+for exe, (pkg, tgt, cwd) in binaries.items():
+    listed = subprocess.run([exe, "--list"], cwd=cwd, capture_output=True, text=True)
+    for l in listed.stdout.splitlines():
+        name = l[: -len(": test")]
+        if not (l.endswith(": test") and kernel.search(name)):
+            continue
+        named.add((pkg, tgt, name))
+        here = subprocess.run([exe, "--exact", name, "--nocapture", "--test-threads=1"],
+                              cwd=cwd, env=env, capture_output=True, text=True)
+        if "kernel mode did not run here" in here.stdout + here.stderr:
+            exist.add((pkg, tgt, name))
+if not exist:
+    exist = named
+ran = set()
+for l in open(suite):
+    label, _, command = l.rstrip("\n").split("\t", 2)
+    where = binaries.get(command.split(" ", 1)[0])
+    log = os.path.join(out, label + ".last.log")
+    if where is None or label not in passed_labels or not os.path.exists(log):
+        continue
+    for t in open(log, errors="replace"):
+        m = re.match(r"^test (\S+) \.\.\. ok\s*$", t)
+        if m and (where[0], where[1], m.group(1)) in exist:
+            ran.add((where[0], where[1], m.group(1)))
+print(f"kernel-lab: kernel-mode coverage: {len(ran)} of {len(exist)} kernel-mode tests ran "
+      f"in kernel mode", file=sys.stderr)
+for pkg, tgt, name in sorted(exist - ran):
+    print(f"kernel-lab:   not run in kernel mode: {pkg}/{tgt} {name}", file=sys.stderr)
+print(len(ran), len(exist))
+PY
+}
+read -r kernel_ran kernel_exist < <(kernel_mode_coverage "${passed_labels[@]}") \
+  || { kernel_ran=0; kernel_exist=unknown; }
+if [ "${kernel_ran:-0}" -eq 0 ]; then
+  status=1
+  say "FAIL: the lab booted but no kernel-mode test ran in kernel mode (of ${kernel_exist:-?} that exist)"
+fi
 if [ -f "$out/bench-both.log" ]; then
   sed -n '/^kernel vs userspace mode/,$p' "$out/bench-both.log" | sed 's/^/kernel-lab: /' >&2
 fi
@@ -227,7 +295,7 @@ if [ $status -eq 0 ] && [ ${#not_run[@]} -gt 0 ]; then
 fi
 if [ $status -eq 0 ]; then
   [ "$boots" = 1 ] || retried_boot=", $boots lab boots (the first $((boots - 1)) froze)"
-  echo "kernel-lab: $passed passed, 0 failed; the emulator-bug retry fired $retries_all times (in $retried of $passed commands)${retried_boot:-} ($(grep -a -m1 -o '=== lab: .*' "$out/lab.log" | sed 's/^=== lab: //'))"
+  echo "kernel-lab: $passed passed, 0 failed; the emulator-bug retry fired $retries_all times (in $retried of $passed commands)${retried_boot:-}, kernel-mode coverage $kernel_ran/$kernel_exist ($(grep -a -m1 -o '=== lab: .*' "$out/lab.log" | sed 's/^=== lab: //'))"
 else
   echo "kernel-lab: FAILED (logs in $out); the emulator-bug retry fired $retries_all times (in $retried commands)"
 fi

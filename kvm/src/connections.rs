@@ -92,3 +92,58 @@ impl EventConnection for HostEventConnection {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use synic::hypercall::{validate_post_message, PostMessageInput};
+
+    use super::*;
+
+    fn message(n: u8) -> PostMessage {
+        let mut input = PostMessageInput {
+            connection_id: 7,
+            reserved: 0,
+            message_type: 1,
+            payload_size: 1,
+            payload: [0; 240],
+        };
+        input.payload[0] = n;
+        validate_post_message(&input).unwrap()
+    }
+
+    /// A guest posting or signalling faster than the host reads fills the channel to its
+    /// capacity and then gets INSUFFICIENT_BUFFERS (it keeps the message and retries): the
+    /// channel never grows past what the host asked for, and nothing taken is lost.
+    #[test]
+    fn host_connections_hold_their_capacity_then_push_back() {
+        let (messages, rx) = HostMessageConnection::new(3);
+        let answers: Vec<HvStatus> = (0..5)
+            .map(|n| messages.post(VpIndex(1), &message(n)))
+            .collect();
+        let full = HvStatus::InsufficientBuffers;
+        assert_eq!(
+            answers,
+            [
+                HvStatus::Success,
+                HvStatus::Success,
+                HvStatus::Success,
+                full,
+                full
+            ]
+        );
+        let got: Vec<u8> = rx.try_iter().map(|m| m.message.payload()[0]).collect();
+        assert_eq!(got, [0, 1, 2]);
+        assert_eq!(messages.post(VpIndex(1), &message(9)), HvStatus::Success);
+        drop(rx);
+        assert_eq!(
+            messages.post(VpIndex(1), &message(10)),
+            HvStatus::InvalidPortId
+        );
+
+        let (events, rx) = HostEventConnection::new(7, 2);
+        let answers: Vec<HvStatus> = (0..4).map(|f| events.signal(VpIndex(0), f)).collect();
+        assert_eq!(answers, [HvStatus::Success, HvStatus::Success, full, full]);
+        let got: Vec<u16> = rx.try_iter().map(|e| e.flag_number).collect();
+        assert_eq!(got, [0, 1]);
+    }
+}

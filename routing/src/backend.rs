@@ -213,11 +213,8 @@ pub fn enable_synic2(vcpu: &VcpuFd) -> Result<(), Error> {
         cap: KVM_CAP_HYPERV_SYNIC2,
         ..Default::default()
     };
-    vcpu.enable_cap(&cap).map_err(|e| Error::MissingCapability {
-        mode: Mode::Kernel,
-        capability: "KVM_CAP_HYPERV_SYNIC2",
-        detail: format!("KVM_ENABLE_CAP on the vCPU failed: {e} (no in-kernel Hyper-V SynIC)"),
-    })
+    vcpu.enable_cap(&cap)
+        .map_err(|source| Error::EnableSynic2 { source })
 }
 
 #[cfg(test)]

@@ -87,6 +87,15 @@ pub enum Error {
         /// KVM's error.
         source: errno::Error,
     },
+    /// `KVM_ENABLE_CAP(KVM_CAP_HYPERV_SYNIC2)` on a vCPU failed: this KVM has no in-kernel
+    /// Hyper-V SynIC (or refused it for this vCPU).
+    #[error(
+        "enabling KVM_CAP_HYPERV_SYNIC2 on the vCPU failed: {source} (no in-kernel Hyper-V SynIC)"
+    )]
+    EnableSynic2 {
+        /// KVM's error.
+        source: errno::Error,
+    },
     /// KVM_IRQFD (deassign) failed.
     #[error("unregistering the irqfd on {gsi} failed: {source}")]
     UnregisterIrqfd {

@@ -7,6 +7,13 @@
 //! figures are printed (`cargo test -p synic --test vp_memory -- --nocapture`) and the test
 //! fails above the bound: idle, with messages queued on every SINT of every VP (the bound plus
 //! the queued messages and the queues' growth slack), and again after the queues drained.
+//!
+//! Then the hostile bounds (docs/bounds.md), with 1 and 64 VPs: every queue of every VP filled
+//! to its capacity (one post more is refused) costs at most the bound plus the capacity's
+//! worth of messages per SINT — a full queue's storage never grows past its capacity; and a
+//! guest that fills its RAM and its overlay pages with non-zero bytes and moves its message
+//! and event-flags pages around (onto each other, onto every other VP's pages, all VPs onto
+//! one page) makes the host keep at most one page per overlay.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -184,6 +191,116 @@ fn measure(vps: usize) -> [Figures; 3] {
     ]
 }
 
+/// Every SINT of every VP filled to the queue's capacity behind a busy slot; one post more
+/// is refused. Heap bytes per VP then.
+fn measure_full_queues(vps: usize) -> isize {
+    let mem: Mem = Arc::new(
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000 + 0x1000 * vps)]).unwrap(),
+    );
+    let raise = Arc::new(synic::testing::RecordingRaise::default());
+    let config = PartitionConfig::new(Mode::Userspace, Profile::Tlfs, vps as u32);
+    let before = live();
+    let (partition, mut vp_list) = Partition::new(
+        config,
+        mem,
+        raise.clone(),
+        Arc::new(SystemReferenceClock::new()),
+    )
+    .unwrap();
+    for (n, vp) in vp_list.iter_mut().enumerate() {
+        for (msr, value) in [(index::SCONTROL, 1), (index::SIMP, simp(n) | 1)] {
+            vp.wrmsr(msr, value, Origin::Guest).unwrap();
+        }
+    }
+    for n in 0..vps {
+        for sint in SintIndex::ALL {
+            // The slot, then the queue up to its capacity.
+            for _ in 0..=DEFAULT_QUEUE_CAPACITY {
+                partition
+                    .post_message(VpIndex(n as u32), sint, message())
+                    .unwrap();
+            }
+            let refused = partition
+                .post_message(VpIndex(n as u32), sint, message())
+                .unwrap_err();
+            assert!(
+                matches!(refused.error, synic::Error::QueueFull { capacity, .. } if capacity == DEFAULT_QUEUE_CAPACITY),
+                "{:?}",
+                refused.error
+            );
+        }
+    }
+    drop(raise.take());
+    let full = live();
+    let queued: u64 = (0..vps)
+        .map(|n| {
+            let t = partition.counters(VpIndex(n as u32)).unwrap().total();
+            assert_eq!(t.rejected_full, 16);
+            t.queued
+        })
+        .sum();
+    assert_eq!(queued as usize, vps * 16 * DEFAULT_QUEUE_CAPACITY);
+    drop(vp_list);
+    drop(partition);
+    (full - before) / vps as isize
+}
+
+/// A hostile guest's overlays: every VP's RAM and overlay pages full of non-zero bytes, its
+/// message and event-flags pages moved onto each other, onto the next VP's pages, and all
+/// VPs' onto one page, many times. Heap bytes per VP then (pages where they started).
+fn measure_hostile_overlays(vps: usize) -> isize {
+    // VP n's two pages at 1 MiB + 8 KiB n; one page shared by all after them.
+    let own = |n: usize, k: u64| 0x10_0000 + 0x2000 * n as u64 + 0x1000 * k;
+    let shared = own(vps, 0);
+    let size = 0x10_0000 + 0x2000 * vps + 0x1000;
+    let mem: Mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).unwrap());
+    // The guest's RAM: no zero byte anywhere (a zero page would cost the host nothing).
+    vm_memory::Bytes::write_slice(
+        &*mem,
+        &vec![0xA5; size - 0x10_0000],
+        GuestAddress(0x10_0000),
+    )
+    .unwrap();
+    let raise = Arc::new(synic::testing::RecordingRaise::default());
+    let config = PartitionConfig::new(Mode::Userspace, Profile::Tlfs, vps as u32);
+    let before = live();
+    let (partition, mut vp_list) = Partition::new(
+        config,
+        mem.clone(),
+        raise.clone(),
+        Arc::new(SystemReferenceClock::new()),
+    )
+    .unwrap();
+    let set = |vp: &mut synic::Vp<Mem>, simp: u64, siefp: u64| {
+        vp.wrmsr(index::SIMP, simp | 1, Origin::Guest).unwrap();
+        vp.wrmsr(index::SIEFP, siefp | 1, Origin::Guest).unwrap();
+    };
+    for (n, vp) in vp_list.iter_mut().enumerate() {
+        vp.wrmsr(index::SCONTROL, 1, Origin::Guest).unwrap();
+        set(vp, own(n, 0), own(n, 1));
+        // The overlays themselves get non-zero content too.
+        for k in 0..2 {
+            vm_memory::Bytes::write_slice(&*mem, &[0x5A; 4096], GuestAddress(own(n, k))).unwrap();
+        }
+    }
+    for round in 0..20 {
+        for (n, vp) in vp_list.iter_mut().enumerate() {
+            let next = (n + 1) % vps;
+            match round % 4 {
+                0 => set(vp, own(n, 1), own(n, 0)),
+                1 => set(vp, own(next, 0), own(next, 1)),
+                2 => set(vp, shared, shared),
+                _ => set(vp, own(n, 0), own(n, 1)),
+            }
+        }
+    }
+    drop(raise.take());
+    let hostile = live();
+    drop(vp_list);
+    drop(partition);
+    (hostile - before) / vps as isize
+}
+
 #[test]
 fn host_bytes_per_vp_stay_under_8_kib_plus_queued_messages() {
     let message = std::mem::size_of::<HvMessage>() as isize;
@@ -214,6 +331,26 @@ fn host_bytes_per_vp_stay_under_8_kib_plus_queued_messages() {
             drained.heap <= BOUND as isize,
             "{vps} VPs: {} bytes per VP after the queues drained, bound {BOUND}",
             drained.heap
+        );
+    }
+    // At the hostile bounds.
+    let full_queues = 16 * DEFAULT_QUEUE_CAPACITY as isize * message;
+    // Each of the two overlays keeps at most one page (and its chunk index) in the host.
+    let overlays = 2 * (4096 + 512);
+    for vps in [1, 64] {
+        let full = measure_full_queues(vps);
+        let hostile = measure_hostile_overlays(vps);
+        println!(
+            "{vps:5} VPs: every queue full ({DEFAULT_QUEUE_CAPACITY} messages) {full:7} heap \
+             bytes/VP; hostile overlays {hostile:6} heap bytes/VP"
+        );
+        assert!(
+            full <= BOUND as isize + full_queues,
+            "{vps} VPs: {full} bytes per VP with every queue full, bound {BOUND} + {full_queues}"
+        );
+        assert!(
+            hostile <= BOUND as isize + overlays,
+            "{vps} VPs: {hostile} bytes per VP under hostile overlays, bound {BOUND} + {overlays}"
         );
     }
 }

@@ -166,6 +166,36 @@ impl Host {
     pub fn memory(&self) -> &GuestMemory {
         self.synic.memory()
     }
+
+    /// What the host's SynIC machinery has done so far, summed (it only grows), and the acks
+    /// the routing layer passed on that the model has not taken yet (kernel mode's ack pump).
+    fn activity(&self) -> (u64, u64) {
+        let routes = self.synic.route_counters();
+        let mut done = routes.raised + routes.suppressed + routes.unrouted + routes.acks;
+        let mut model_acks = 0;
+        let partition = self.partition();
+        for vp in partition.vp_indices() {
+            if let Ok(c) = partition.counters(vp) {
+                let t = c.total();
+                done += c.eoms + t.posted + t.delivered + t.flags_set + t.flags_coalesced;
+                model_acks += t.acks;
+            }
+        }
+        (done, routes.acks.saturating_sub(model_acks))
+    }
+
+    /// A settle (the guest's OUT to [`ports::SETTLE`]): see [`layout::SETTLE_MS`].
+    fn settle(&self) {
+        let mut before = self.activity();
+        for _ in 0..layout::SETTLE_MAX_PERIODS {
+            std::thread::sleep(Duration::from_millis(layout::SETTLE_MS));
+            let now = self.activity();
+            if now.0 == before.0 && now.1 == 0 {
+                return;
+            }
+            before = now;
+        }
+    }
 }
 
 /// SINT `n` (0..=15) as the model's index type.
@@ -209,7 +239,7 @@ impl PortDevice for StepPort {
                     });
                 }
             }
-            ports::SETTLE => std::thread::sleep(Duration::from_millis(layout::SETTLE_MS)),
+            ports::SETTLE => self.host.settle(),
             _ => {}
         }
     }

@@ -98,12 +98,20 @@ pub mod ports {
     /// A 32-bit OUT of a step number runs the scenario's host action for that step on the
     /// vCPU's thread, before the guest resumes.
     pub const STEP: u16 = 0x3200;
-    /// Any OUT sleeps the vCPU's thread [`super::SETTLE_MS`] ms: time for a late interrupt.
+    /// Any OUT keeps the vCPU's thread out of the guest until the host's SynIC machinery is
+    /// quiet ([`super::SETTLE_MS`]): time for a late interrupt from another thread.
     pub const SETTLE: u16 = 0x3204;
 }
 
-/// How long a settle OUT keeps the vCPU out of the guest.
+/// A settle OUT lasts until a whole period of this many ms passes with no SynIC activity on
+/// the host side (raises, acks, posts, deliveries, flags: the timer thread's and kernel mode's
+/// ack pump's included) and no ack in flight between the routing layer and the model — at
+/// least one period, at most [`SETTLE_MAX_PERIODS`]. On a loaded machine a late thread makes
+/// the settle longer instead of being missed.
 pub const SETTLE_MS: u64 = 5;
+
+/// The most periods one settle OUT lasts (a periodic timer keeps the host busy for good).
+pub const SETTLE_MAX_PERIODS: u32 = 100;
 
 /// Report tags the e2e programs use (above the toolkit's).
 pub mod tag {

@@ -177,3 +177,123 @@ fn a_changelog_exists() {
     let log = read(&root().join("CHANGELOG.md"));
     assert!(log.starts_with("# Changelog"), "CHANGELOG.md heading");
 }
+
+/// Places where an error is turned into text on purpose, with why.
+const STRINGLY_ALLOWED: [(&str, &str); 7] = [
+    ("vmm/src/main.rs", "the binary's top level prints the error"),
+    (
+        "vmm/src/linux/cli.rs",
+        "the CLI's top level prints the error",
+    ),
+    (
+        "msr/src/oracle/",
+        "the oracle checker reports a divergence as a test failure message",
+    ),
+    (
+        "synic/src/fuzzing/",
+        "fuzzing checkers report a divergence as a failure message",
+    ),
+    (
+        "vmbus/src/sim/",
+        "the simulated guest's fuzzing checker reports a failure message",
+    ),
+    (
+        "vmbus/src/host/channels.rs",
+        "an open's failure reason goes to the exchange log and the guest's OPENCHANNEL_RESULT",
+    ),
+    (
+        "vmm/src/demo/device.rs",
+        "the demo's report lists failures as lines of text",
+    ),
+];
+
+/// `map_err(|e| ...)` closures in `src` that turn their error `e` into text (`e.to_string()`,
+/// `{e}` or `{e:?}` in a format string), as `(line, closure body)`.
+fn stringly_map_errs(src: &str) -> Vec<(usize, String)> {
+    let mut found = Vec::new();
+    let mut rest = 0;
+    while let Some(at) = src[rest..].find("map_err(|") {
+        let start = rest + at + "map_err(|".len();
+        rest = start;
+        let Some(bar) = src[start..].find('|') else {
+            break;
+        };
+        let name = src[start..start + bar]
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || c == '_') {
+            continue;
+        }
+        // The closure body: up to the parenthesis that closes `map_err(`.
+        let mut depth = 1;
+        let mut end = start + bar + 1;
+        for (i, c) in src[end..].char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                _ => {}
+            }
+            if depth == 0 {
+                end += i;
+                break;
+            }
+        }
+        let body = &src[start + bar + 1..end];
+        let text = body.contains(&format!("{name}.to_string()"))
+            || body.contains(&format!("{{{name}}}"))
+            || body.contains(&format!("{{{name}:"));
+        if text {
+            let line = src[..start].lines().count();
+            found.push((line, body.trim().to_string()));
+        }
+    }
+    found
+}
+
+#[test]
+fn errors_keep_their_type() {
+    let root = root();
+    let mut files = Vec::new();
+    for dir in ["msr", "synic", "routing", "kvm", "vmbus", "vmm"] {
+        rust_files(&root.join(dir).join("src"), &mut files);
+    }
+    let mut stringly = Vec::new();
+    let mut allowed_used = BTreeMap::new();
+    for f in &files {
+        let rel = f.strip_prefix(&root).unwrap().display().to_string();
+        let found = stringly_map_errs(&read(f));
+        if let Some((p, _)) = STRINGLY_ALLOWED.iter().find(|(p, _)| rel.starts_with(p)) {
+            *allowed_used.entry(*p).or_insert(0) += found.len();
+            continue;
+        }
+        for (line, body) in found {
+            stringly.push(format!("{rel}:{line}: {body}"));
+        }
+    }
+    for (p, why) in STRINGLY_ALLOWED {
+        assert!(
+            allowed_used.get(p).is_some_and(|&n| n > 0),
+            "{p} is allowed to turn errors into text ({why}) but no longer does: drop it"
+        );
+    }
+    assert!(
+        stringly.is_empty(),
+        "errors turned into text instead of kept as their type (issue 17.3): wrap the error \
+         in a variant that holds it:\n{}",
+        stringly.join("\n")
+    );
+}
+
+#[test]
+fn the_stringly_error_finder_finds_them() {
+    let src = "a.map_err(|e| Error::Config(e.to_string()))?;\n\
+               b.map_err(|err| Error::Load(format!(\"at {gpa:#x}: {err}\")))?;\n\
+               c.map_err(|e: Foo| X(format!(\"{e:?}\")))?;\n\
+               d.map_err(|source| Error::Kvm { op, source })?;\n\
+               e.map_err(|_| Error::Config(\"fixed\".into()))?;\n";
+    let found: Vec<usize> = stringly_map_errs(src).into_iter().map(|(l, _)| l).collect();
+    assert_eq!(found, [1, 2, 3]);
+}

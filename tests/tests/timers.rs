@@ -446,7 +446,7 @@ fn direct_mode_1ms(setup: Setup) {
 fn time_ref_count_counts_real_time(setup: Setup) {
     let mut g = SynicGuest::new().unwrap();
     read_time(&mut g, 0);
-    g.settle().unwrap(); // the host sleeps 2 x 5 ms
+    g.settle().unwrap(); // the host sleeps at least 2 x 5 ms
     read_time(&mut g, 1);
     g.exit_ok().unwrap();
     let f = run(spec(setup), &g.build().unwrap(), |_, _, _| {});

@@ -448,6 +448,20 @@ mod tests {
     }
 
     #[test]
+    fn ranges_are_bounded_at_max_gpadl_ranges() {
+        // Every range one page: a range word and a page number each. The header message
+        // carries the first range; bodies would bring the rest.
+        let header = |count: usize| header_with((16 * count) as u16, count as u16, &[4096, 7]);
+        let (_, at_bound) = GpadlBuilder::from_header(&header(MAX_GPADL_RANGES)).unwrap();
+        assert_eq!(at_bound.announced_pages(), MAX_GPADL_RANGES);
+        assert!(!at_bound.is_complete());
+        assert!(matches!(
+            GpadlBuilder::from_header(&header(MAX_GPADL_RANGES + 1)).unwrap_err(),
+            GpadlError::BadRangeArea { count, .. } if usize::from(count) == MAX_GPADL_RANGES + 1
+        ));
+    }
+
+    #[test]
     fn gpadl_at_the_page_bound_is_accepted() {
         // The largest range_buflen that is a multiple of 8 holds the range word and
         // MAX_GPADL_PAGES page numbers.

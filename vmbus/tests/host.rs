@@ -3,7 +3,7 @@
 
 use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use synic::hypercall::HvStatus;
 use synic_vmbus::host::{MAX_BACKLOG, MESSAGE_QUEUE};
@@ -25,6 +25,19 @@ fn connected(version: Version) -> (SimGuest, VmbusHost) {
     assert!(g.connect(version));
     g.open_all();
     (g, host)
+}
+
+/// A hang guard for waits on another thread's progress (never a timing check).
+const HANG: Duration = Duration::from_secs(60);
+
+/// Waits until the host has signalled channel `relid` (its flag in the guest's event-flags
+/// page): the host's progress as the guest sees it, instead of a sleep.
+fn wait_for_signal(g: &SimGuest, relid: u32) {
+    let end = Instant::now() + HANG;
+    while !g.take_flags().contains(&relid) {
+        assert!(Instant::now() < end, "channel {relid} was never signalled");
+        std::thread::sleep(Duration::from_micros(100));
+    }
 }
 
 fn no_errors(log: &VmbusLog) {
@@ -122,13 +135,15 @@ fn unload_in_the_middle_closes_channels_and_fails_requests_in_flight() {
         g.service();
     }
     let h = host.handle();
-    // A heartbeat the guest never answers.
+    let hb = g.relid_of(IcKind::Heartbeat).unwrap();
+    g.take_flags();
+    // A heartbeat the guest never answers, in flight: the host wrote it and signalled.
     let pending = std::thread::spawn({
         let h = h.clone();
         move || h.heartbeat(T)
     });
-    let hb_conn = g.channels[&g.relid_of(IcKind::Heartbeat).unwrap()].connection_id;
-    std::thread::sleep(Duration::from_millis(100));
+    let hb_conn = g.channels[&hb].connection_id;
+    wait_for_signal(&g, hb);
     g.unload();
     assert!(matches!(
         pending.join().unwrap(),
@@ -158,8 +173,17 @@ fn rescind_closes_the_channel_and_the_guest_releases_it() {
     );
     // The other services carry on.
     h.heartbeat(T).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    let g = g.join();
+    // The guest releases the channel when it sees the rescind (its own progress, not a
+    // sleep); the host handles messages in order, so once REQUESTOFFERS is answered the
+    // RELID_RELEASED before it was handled too.
+    let mut g = g.join();
+    let end = Instant::now() + HANG;
+    while g.rescinded.is_empty() {
+        assert!(Instant::now() < end, "the guest never saw the rescind");
+        g.service();
+    }
+    g.send(&m::header(ChannelMessageType::REQUEST_OFFERS));
+    g.expect(ChannelMessageType::ALL_OFFERS_DELIVERED);
     assert_eq!(g.rescinded, [3]);
     let log = host.finish();
     no_errors(&log);
@@ -263,16 +287,23 @@ fn a_guest_that_never_frees_its_slot_gets_backpressure_and_loses_nothing() {
         accepted <= 1 + 64 + MAX_BACKLOG + MESSAGE_QUEUE,
         "{accepted} accepted"
     );
-    // Now the guest drains: every reply arrives, in order, none lost.
-    let mut all_delivered = 0;
-    while let Some(msg) = g.recv(Duration::from_millis(500)) {
-        if msg[..4] == 4u32.to_le_bytes() {
-            all_delivered += 1;
-        }
+    // Now the guest drains: every reply arrives, in order, none lost or duplicated (counted
+    // by what arrives, not by a quiet period). A GPADL sent once they are all in is a marker:
+    // the host answers in order, so a surplus reply would come before its GPADL_CREATED.
+    let kind = |msg: &[u8]| u32::from_le_bytes(msg[..4].try_into().unwrap());
+    let all_offers = ChannelMessageType::ALL_OFFERS_DELIVERED.0;
+    for n in 0..accepted {
+        let msg = g.recv(HANG).expect("the host's replies");
+        assert_eq!(kind(&msg), all_offers, "reply {n}");
     }
+    for msg in m::gpadl(1, 77, &(0x200..0x202).collect::<Vec<u64>>()) {
+        assert_eq!(g.send(&msg), HvStatus::Success);
+    }
+    let next = g.recv(HANG).expect("the marker's reply");
     assert_eq!(
-        all_delivered, accepted,
-        "one ALLOFFERS_DELIVERED per REQUESTOFFERS"
+        kind(&next),
+        ChannelMessageType::GPADL_CREATED.0,
+        "one ALLOFFERS_DELIVERED per REQUESTOFFERS, then the marker's reply"
     );
     no_errors(&host.finish());
 }
@@ -309,20 +340,36 @@ fn api_requests_are_bounded() {
     let mut g = SimGuest::new(1);
     let host = attach(&g, VmbusConfig::default());
     assert!(g.connect(Version::WIN10_V5_3));
-    // The services never open: every request waits until its deadline.
+    // The services never open: every request waits until its deadline or the host stops.
     let h = host.handle();
     let waiting: Vec<_> = (0..synic_vmbus::host::MAX_WAITING_REQUESTS)
         .map(|_| {
             let h = h.clone();
-            std::thread::spawn(move || h.heartbeat(Duration::from_secs(3)))
+            std::thread::spawn(move || loop {
+                // A probe below may hold a place for a moment: then come back.
+                match h.heartbeat(HANG) {
+                    Err(RequestError::Busy) => std::thread::yield_now(),
+                    other => return other,
+                }
+            })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(h.heartbeat(T), Err(RequestError::Busy));
-    for w in waiting {
-        assert_eq!(w.join().unwrap(), Err(RequestError::Timeout));
+    // Probe until the bound is reached (however long the threads take to get there): a probe
+    // that gets in expires at once, Busy means the bound's worth of requests is waiting.
+    let end = Instant::now() + HANG;
+    loop {
+        match h.heartbeat(Duration::ZERO) {
+            Err(RequestError::Busy) => break,
+            Err(RequestError::Timeout) => assert!(Instant::now() < end, "never Busy"),
+            other => panic!("{other:?}"),
+        }
     }
+    // At the bound: still Busy, with any timeout.
+    assert_eq!(h.heartbeat(T), Err(RequestError::Busy));
     host.finish();
+    for w in waiting {
+        assert_eq!(w.join().unwrap(), Err(RequestError::Stopped));
+    }
 }
 
 /// KVM's eventfd table, faked: records assignments and checks that the guest had not heard

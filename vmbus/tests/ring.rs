@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use proptest::prelude::*;
 use synic_vmbus::ring::{
     IncomingRing, OutgoingRing, RingError, RingPages, Written, DESCRIPTOR_SIZE,
-    PACKET_TYPE_DATA_INBAND, PAGE_SIZE, TRAILER_SIZE,
+    MAX_INCOMING_PACKET, PACKET_TYPE_DATA_INBAND, PAGE_SIZE, TRAILER_SIZE,
 };
 use synic_vmbus::sim::GuestRing;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -328,6 +328,28 @@ fn hostile_descriptors_are_errors() {
             "{what}"
         );
     }
+}
+
+#[test]
+fn incoming_packets_are_bounded_at_max_incoming_packet() {
+    // A ring with room for more than the bound: 20 data pages (80 KiB).
+    let mem = memory();
+    let pfns: Vec<u64> = (1..=21).collect();
+    // The largest packet taken: descriptor and payload exactly MAX_INCOMING_PACKET bytes.
+    let at_bound = MAX_INCOMING_PACKET - DESCRIPTOR_SIZE;
+    let g = GuestRing::init(&mem, &pfns);
+    assert_eq!(g.write(&mem, 6, 1, &payload(at_bound, 3)), Ok(true));
+    let mut inc = IncomingRing::open(&mem, RingPages::new(&pfns).unwrap()).unwrap();
+    let p = inc.next(&mem).unwrap().expect("the packet at the bound");
+    assert_eq!(p.payload, payload(at_bound, 3));
+    // Eight bytes more: refused before the host copies anything.
+    let g = GuestRing::init(&mem, &pfns);
+    assert_eq!(g.write(&mem, 6, 2, &payload(at_bound + 8, 4)), Ok(true));
+    let mut inc = IncomingRing::open(&mem, RingPages::new(&pfns).unwrap()).unwrap();
+    assert!(matches!(
+        inc.next(&mem),
+        Err(RingError::BadDescriptor { len8, .. }) if usize::from(len8) * 8 == MAX_INCOMING_PACKET + 8
+    ));
 }
 
 #[test]

@@ -93,7 +93,11 @@ pub fn write_identity_map(mem: &GuestMemory) -> Result<()> {
 
 fn write(mem: &GuestMemory, gpa: u64, value: u64) -> Result<()> {
     mem.write_obj(value, GuestAddress(gpa))
-        .map_err(|e| Error::Memory(format!("boot structure at {gpa:#x}: {e}")))
+        .map_err(|source| Error::GuestMemory {
+            what: "boot structure",
+            gpa,
+            source,
+        })
 }
 
 fn segment(selector: u16, type_: u8, long: bool) -> kvm_segment {

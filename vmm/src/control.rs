@@ -2,12 +2,15 @@
 //! counters progress reports read.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::snapshot::VcpuSnapshot;
+
+/// A parked vCPU's state, or why it could not be read (shared with every caller).
+pub(crate) type CapturedVcpu = std::result::Result<VcpuSnapshot, Arc<crate::Error>>;
 
 /// Why a VM stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,8 +43,44 @@ pub enum StopReason {
         /// What happened.
         message: String,
     },
+    /// A KVM call on the vCPU's thread failed.
+    Kvm {
+        /// The vCPU.
+        vcpu: u32,
+        /// The call, e.g. `KVM_RUN`.
+        op: &'static str,
+        /// The error the kernel returned.
+        source: vmm_sys_util::errno::Error,
+    },
+    /// The SynIC's exit handler could not handle an exit (a KVM call it made failed, or an
+    /// exit of a kind it does not take).
+    Synic {
+        /// The vCPU.
+        vcpu: u32,
+        /// synic-kvm's error.
+        error: SynicFailure,
+    },
     /// The host asked the VM to stop.
     Requested,
+}
+
+/// synic-kvm's error in a [`StopReason`], shared so the reason stays cloneable. Two are equal
+/// when they are the same failure (the same shared error).
+#[derive(Clone, Debug)]
+pub struct SynicFailure(pub Arc<synic_kvm::Error>);
+
+impl PartialEq for SynicFailure {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SynicFailure {}
+
+impl std::fmt::Display for SynicFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
 /// Shared by the vCPU threads, the devices and the owner of a running VM.
@@ -63,7 +102,7 @@ struct Pause {
     /// vCPUs parked now.
     parked: u32,
     /// Each vCPU's state as it parked last (or why it could not be read).
-    snapshots: Vec<Option<std::result::Result<VcpuSnapshot, String>>>,
+    snapshots: Vec<Option<CapturedVcpu>>,
 }
 
 impl VmControl {
@@ -100,7 +139,7 @@ impl VmControl {
     }
 
     /// On a vCPU thread: records its state, then parks until the pause ends or the VM stops.
-    pub(crate) fn park(&self, vcpu: u32, snapshot: std::result::Result<VcpuSnapshot, String>) {
+    pub(crate) fn park(&self, vcpu: u32, snapshot: CapturedVcpu) {
         let mut p = self.pause_state();
         if let Some(slot) = p.snapshots.get_mut(vcpu as usize) {
             *slot = Some(snapshot);
@@ -127,15 +166,17 @@ impl VmControl {
     }
 
     /// Every vCPU's state from the current pause, in vCPU order.
-    pub(crate) fn snapshots(&self) -> std::result::Result<Vec<VcpuSnapshot>, String> {
+    pub(crate) fn snapshots(&self) -> crate::Result<Vec<VcpuSnapshot>> {
         let p = self.pause_state();
-        p.snapshots
-            .iter()
-            .enumerate()
-            .map(|(n, s)| match s {
+        (0u32..)
+            .zip(&p.snapshots)
+            .map(|(vcpu, s)| match s {
                 Some(Ok(s)) => Ok(s.clone()),
-                Some(Err(e)) => Err(format!("vCPU {n}: {e}")),
-                None => Err(format!("vCPU {n} has not parked")),
+                Some(Err(source)) => Err(crate::Error::Snapshot {
+                    vcpu,
+                    source: Arc::clone(source),
+                }),
+                None => Err(crate::Error::NotParked { vcpu }),
             })
             .collect()
     }

@@ -20,7 +20,10 @@ pub fn with_apic_id(supported: &CpuId, apic_id: u32) -> Result<CpuId> {
             _ => {}
         }
     }
-    CpuId::from_entries(&entries).map_err(|e| Error::Config(format!("CPUID table: {e:?}")))
+    CpuId::from_entries(&entries).map_err(|source| Error::KvmList {
+        what: "CPUID table",
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -36,9 +36,31 @@ pub enum Error {
     /// The configuration cannot be satisfied.
     #[error("invalid VM configuration: {0}")]
     Config(String),
-    /// Guest memory could not be allocated or accessed.
+    /// Guest memory cannot hold something (this crate's own finding; a vm-memory error is
+    /// [`Error::GuestMemory`] or [`Error::Allocate`]).
     #[error("guest memory: {0}")]
     Memory(String),
+    /// Guest RAM could not be allocated.
+    #[error("cannot allocate guest memory: {0}")]
+    Allocate(#[from] vm_memory::mmap::FromRangesError),
+    /// Guest memory refused an access.
+    #[error("guest memory: {what} at {gpa:#x}: {source}")]
+    GuestMemory {
+        /// What was being read or written.
+        what: &'static str,
+        /// Where.
+        gpa: u64,
+        /// vm-memory's error.
+        source: vm_memory::GuestMemoryError,
+    },
+    /// A KVM list (CPUID entries, MSRs) could not be built.
+    #[error("{what}: {source}")]
+    KvmList {
+        /// The list.
+        what: &'static str,
+        /// vmm-sys-util's error (more entries than the list takes).
+        source: vmm_sys_util::fam::Error,
+    },
     /// Two port-I/O devices claim the same port.
     #[error("port range {start:#x}..{end:#x} overlaps a device already on the I/O bus")]
     PortConflict {
@@ -50,9 +72,13 @@ pub enum Error {
     /// A kernel image could not be loaded.
     #[error("cannot load kernel: {0}")]
     Load(String),
-    /// A guest program could not be assembled.
+    /// A guest program could not be assembled (this crate's own finding, e.g. a vector that
+    /// is not an interrupt vector).
     #[error("cannot assemble guest program: {0}")]
     Assemble(String),
+    /// The assembler refused a guest program.
+    #[error("cannot assemble guest program: {0}")]
+    Asm(#[from] iced_x86::IcedError),
     /// A thread could not be started.
     #[error("cannot start a {what} thread: {source}")]
     Thread {
@@ -70,15 +96,23 @@ pub enum Error {
     /// A pause did not complete: the VM stopped, or a vCPU did not leave KVM_RUN in time.
     #[error("the vCPUs did not all pause (the VM stopped, or a vCPU did not park in time)")]
     PauseFailed,
+    /// A vCPU's state could not be captured when it parked.
+    #[error("vCPU {vcpu}'s state could not be captured: {source}")]
+    Snapshot {
+        /// The vCPU.
+        vcpu: u32,
+        /// Why (shared: every call for the pause reports it).
+        source: std::sync::Arc<Error>,
+    },
+    /// A vCPU has not parked in the current pause.
+    #[error("vCPU {vcpu} has not parked")]
+    NotParked {
+        /// The vCPU.
+        vcpu: u32,
+    },
     /// The routing layer refused (a missing capability, a full GSI table, KVM's refusal).
     #[error("SINT routing: {0}")]
     Routing(#[from] synic_routing::Error),
-}
-
-impl From<iced_x86::IcedError> for Error {
-    fn from(e: iced_x86::IcedError) -> Self {
-        Error::Assemble(e.to_string())
-    }
 }
 
 /// Shorthand for this crate's results.

@@ -40,7 +40,7 @@ pub mod synic_vm;
 pub mod vcpu;
 pub mod vm;
 
-pub use control::{StopReason, VmControl};
+pub use control::{StopReason, SynicFailure, VmControl};
 pub use error::{Error, Result};
 pub use io::{IoBus, PortDevice};
 pub use memory::GuestMemory;

@@ -19,8 +19,9 @@ pub fn allocate(size: u64) -> Result<GuestMemory> {
             "memory size {size:#x} must be a multiple of 4 KiB in {MIN_MEM_SIZE:#x}..={MAX_MEM_SIZE:#x}"
         )));
     }
-    let len = usize::try_from(size).map_err(|_| Error::Memory("size overflows usize".into()))?;
-    GuestMemory::from_ranges(&[(GuestAddress(0), len)]).map_err(|e| Error::Memory(e.to_string()))
+    let len = usize::try_from(size)
+        .map_err(|_| Error::Config(format!("memory size {size:#x} overflows usize")))?;
+    Ok(GuestMemory::from_ranges(&[(GuestAddress(0), len)])?)
 }
 
 /// Registers every region of `memory` with KVM, one slot per region.
@@ -28,7 +29,11 @@ pub fn register(vm: &VmFd, memory: &GuestMemory) -> Result<()> {
     for (slot, region) in (0u32..).zip(memory.iter()) {
         let host = memory
             .get_host_address(region.start_addr())
-            .map_err(|e| Error::Memory(e.to_string()))?;
+            .map_err(|source| Error::GuestMemory {
+                what: "memory region",
+                gpa: region.start_addr().0,
+                source,
+            })?;
         let region = kvm_userspace_memory_region {
             slot,
             flags: 0,

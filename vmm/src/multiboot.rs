@@ -100,7 +100,11 @@ fn check_range(start: u64, len: u64, mem_size: u64, what: &str) -> Result<()> {
 
 fn write(mem: &GuestMemory, gpa: u64, bytes: &[u8]) -> Result<()> {
     mem.write_slice(bytes, GuestAddress(gpa))
-        .map_err(|e| Error::Load(format!("writing {:#x} bytes at {gpa:#x}: {e}", bytes.len())))
+        .map_err(|source| Error::GuestMemory {
+            what: "kernel image",
+            gpa,
+            source,
+        })
 }
 
 fn zero(mem: &GuestMemory, gpa: u64, len: u64) -> Result<()> {

@@ -82,7 +82,10 @@ impl RunReport {
             StopReason::Shutdown { .. } | StopReason::SystemEvent { .. } => {
                 Some(EXIT_GUEST_SHUTDOWN)
             }
-            StopReason::Error { .. } | StopReason::Requested => None,
+            StopReason::Error { .. }
+            | StopReason::Kvm { .. }
+            | StopReason::Synic { .. }
+            | StopReason::Requested => None,
         }
     }
 }

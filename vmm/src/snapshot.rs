@@ -66,7 +66,10 @@ fn msr_list(regs: &[(u32, u64)]) -> Result<Msrs> {
             ..Default::default()
         })
         .collect();
-    Msrs::from_entries(&entries).map_err(|e| Error::Config(format!("MSR list: {e:?}")))
+    Msrs::from_entries(&entries).map_err(|source| Error::KvmList {
+        what: "MSR list",
+        source,
+    })
 }
 
 impl VcpuSnapshot {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 use synic_kvm::{HypervExit, Trap, VcpuSynic};
 
-use crate::control::{StopReason, VmControl};
+use crate::control::{StopReason, SynicFailure, VmControl};
 use crate::io::IoBus;
 use crate::kick;
 use crate::msr::{MsrHandler, VpIndexOnly};
@@ -134,18 +134,15 @@ impl VcpuRunner {
                     // SAFETY: the exit reason was KVM_EXIT_INTERNAL_ERROR, so `internal` is the
                     // active member of the union.
                     let suberror = unsafe { suberror.__bindgen_anon_1.internal.suberror };
-                    Err(format!("KVM_EXIT_INTERNAL_ERROR, suberror {suberror}"))
+                    Err(StopReason::Error {
+                        vcpu: self.index,
+                        message: format!("KVM_EXIT_INTERNAL_ERROR, suberror {suberror}"),
+                    })
                 }
-                Next::Stop(reason) => {
-                    self.control.request_stop(reason);
-                    break;
-                }
+                Next::Stop(reason) => Err(reason),
             };
-            if let Err(message) = outcome {
-                self.control.request_stop(StopReason::Error {
-                    vcpu: self.index,
-                    message,
-                });
+            if let Err(reason) = outcome {
+                self.control.request_stop(reason);
                 break;
             }
         }
@@ -166,13 +163,13 @@ impl VcpuRunner {
     }
 
     /// A pause was requested: capture, tell the pauser, wait for the resume.
-    fn park_if_paused(&mut self, stats: &mut VcpuStats) -> Result<(), String> {
+    fn park_if_paused(&mut self, stats: &mut VcpuStats) -> Result<(), StopReason> {
         if !self.control.pause_requested() {
             return Ok(());
         }
         stats.pauses += 1;
         self.capture();
-        let snapshot = VcpuSnapshot::capture(&self.fd).map_err(|e| e.to_string());
+        let snapshot = VcpuSnapshot::capture(&self.fd).map_err(std::sync::Arc::new);
         self.control.park(self.index, snapshot);
         Ok(())
     }
@@ -275,20 +272,28 @@ impl VcpuRunner {
                 stats.sipi_retries += 1;
                 Next::Continue
             }
-            Err(e) => Next::Stop(StopReason::Error {
+            Err(source) => Next::Stop(StopReason::Kvm {
                 vcpu,
-                message: format!("KVM_RUN failed: {e}"),
+                op: "KVM_RUN",
+                source,
             }),
         }
     }
 
-    fn hypercall_trap(&mut self, stats: &mut VcpuStats) -> Result<(), String> {
+    fn synic_failed(&self) -> impl FnOnce(synic_kvm::Error) -> StopReason {
+        let vcpu = self.index;
+        move |e| StopReason::Synic {
+            vcpu,
+            error: SynicFailure(std::sync::Arc::new(e)),
+        }
+    }
+
+    fn hypercall_trap(&mut self, stats: &mut VcpuStats) -> Result<(), StopReason> {
+        let failed = self.synic_failed();
         let Some(synic) = &self.handlers.synic else {
             return Ok(());
         };
-        let trap = synic
-            .hypercall_trap(&mut self.fd)
-            .map_err(|e| e.to_string())?;
+        let trap = synic.hypercall_trap(&mut self.fd).map_err(failed)?;
         match trap {
             Trap::Handled { .. } => stats.hypercalls += 1,
             // Only ring 0 may call the hypervisor: anything else is a plain write to a port
@@ -301,11 +306,15 @@ impl VcpuRunner {
         Ok(())
     }
 
-    fn hyperv_exit(&mut self, stats: &mut VcpuStats) -> Result<(), String> {
+    fn hyperv_exit(&mut self, stats: &mut VcpuStats) -> Result<(), StopReason> {
+        let failed = self.synic_failed();
         let Some(synic) = &self.handlers.synic else {
-            return Err("KVM_EXIT_HYPERV on a vCPU without a SynIC".into());
+            return Err(StopReason::Error {
+                vcpu: self.index,
+                message: "KVM_EXIT_HYPERV on a vCPU without a SynIC".into(),
+            });
         };
-        let exit = synic.hyperv_exit(&mut self.fd).map_err(|e| e.to_string())?;
+        let exit = synic.hyperv_exit(&mut self.fd).map_err(failed)?;
         if matches!(exit, HypervExit::Hypercall { .. }) {
             stats.hypercalls += 1;
         }

@@ -341,7 +341,7 @@ impl RunningVm {
 
     /// Every vCPU's state as it parked in the current pause, in vCPU order.
     pub fn vcpu_snapshots(&self) -> Result<Vec<VcpuSnapshot>> {
-        self.control.snapshots().map_err(Error::Config)
+        self.control.snapshots()
     }
 
     /// Waits until the VM stops or `timeout` passes (then stops it with

@@ -120,9 +120,13 @@ fn cli_reports_clear_errors() {
 }
 
 fn run_synic_kernel(args: &[&str]) -> (Option<i32>, String, String) {
+    // One file per call: the tests run in parallel, and a file rewritten while another test's
+    // synic-vmm reads it is a truncated kernel (seen under load: "no multiboot v1 header").
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("synic-vmm-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("synic-kernel.elf");
+    let path = dir.join(format!("synic-kernel-{n}.elf"));
     std::fs::write(&path, synic_kernel::kernel()).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_synic-vmm"))
         .arg("run")

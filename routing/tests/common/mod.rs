@@ -28,6 +28,10 @@ const PORT_EXCEPTION: u16 = 0x13;
 /// every interrupt injected before it has been seen.
 pub const STOP_VECTOR: u8 = 0x21;
 
+/// The marker of [`Guest::vectors_before_marker`]: priority class 2, below every vector the
+/// tests route (0x40 and up).
+pub const MARK_VECTOR: u8 = 0x22;
+
 /// One 2 MiB page of RAM (untouched parts cost nothing: the mapping is NORESERVE).
 const MEM_SIZE: usize = 0x20_0000;
 const GDT: usize = 0x500;
@@ -137,6 +141,30 @@ impl Guest {
             Ok(other) => panic!("unexpected guest event {other:?}"),
             Err(RecvTimeoutError::Timeout) => None,
             Err(e) => panic!("vCPU thread gone: {e}"),
+        }
+    }
+
+    /// The vectors the guest takes before a marker interrupt ([`MARK_VECTOR`]) sent now, in
+    /// order: empty when nothing else was pending. This is how the tests check that something
+    /// did *not* interrupt the guest, by the guest's own progress instead of a wall-clock wait:
+    /// an interrupt injected before the marker (an irqfd write on an MSI or HV_SINT route
+    /// injects before the write returns; a masked vector never writes) waits in the APIC at a
+    /// higher priority than the marker, so the guest takes it first however late its vCPU
+    /// thread runs.
+    pub fn vectors_before_marker(&self) -> Vec<u8> {
+        let msi = kvm_msi {
+            address_lo: LAPIC,
+            data: u32::from(MARK_VECTOR),
+            ..Default::default()
+        };
+        self.vm.signal_msi(msi).expect("KVM_SIGNAL_MSI");
+        let mut seen = Vec::new();
+        loop {
+            match self.events.recv_timeout(Duration::from_secs(30)) {
+                Ok(Event::Vector(MARK_VECTOR)) => return seen,
+                Ok(Event::Vector(v)) => seen.push(v),
+                other => panic!("the guest did not take the marker: {other:?}"),
+            }
         }
     }
 

@@ -354,6 +354,18 @@ fn hostile_opens_are_refused_with_a_status() {
     assert_eq!(h.error, Some(VmbusError::NoSuchChannel(9)));
     assert!(h.replies.is_empty());
     assert_eq!({ b.ok(&m::open(1, 7, 0, 4)).len() }, 1);
+    assert_eq!(b.hooks.opened.len(), 1);
+    // Open again while open: refused, and the host opens (registers) nothing more.
+    let h = b.send(MSG, &m::open(1, 7, 0, 4));
+    assert_eq!(
+        h.error,
+        Some(VmbusError::ChannelState {
+            relid: 1,
+            state: "open"
+        })
+    );
+    assert_eq!(status(&h), STATUS_UNSUCCESSFUL);
+    assert_eq!(b.hooks.opened.len(), 1);
 }
 
 #[test]

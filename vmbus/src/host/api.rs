@@ -35,6 +35,10 @@ pub enum RequestError {
     /// Too many requests wait already.
     #[error("too many requests wait already")]
     Busy,
+    /// The control plane refused the host's request (a rescind of a channel it cannot
+    /// rescind now).
+    #[error("refused: {0}")]
+    Refused(#[source] crate::control::VmbusError),
     /// The VMBus host stopped.
     #[error("the VMBus host stopped")]
     Stopped,

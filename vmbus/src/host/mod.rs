@@ -669,10 +669,7 @@ impl<M: GuestAddressSpace> Device<M> {
                 }
                 r.answer(Ok(api::Answer::Done));
             }
-            Err(e) => {
-                let why = e.to_string();
-                r.answer(Err(RequestError::Closed(why)));
-            }
+            Err(e) => r.answer(Err(RequestError::Refused(e))),
         }
     }
 

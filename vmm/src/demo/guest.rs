@@ -131,7 +131,7 @@ pub const ANOMALY_PORT: u16 = 0x3110;
 pub const NO_STATUS: u64 = 0xDEAD_5EED_0000_00FF;
 
 fn e(err: IcedError) -> Error {
-    Error::Assemble(err.to_string())
+    Error::Asm(err)
 }
 
 /// The vCPU's area into `reg` (from R15).

@@ -415,13 +415,8 @@ pub fn run(
     for v in 0..c.vcpus {
         let (m, mrx) = HostMessageConnection::new(4096);
         let (e, erx) = HostEventConnection::new(EVT_CONNECTION + v, 4096);
-        let conflict = |e| Error::Config(format!("connection: {e}"));
-        synic
-            .add_message_connection(MSG_CONNECTION + v, m)
-            .map_err(conflict)?;
-        synic
-            .add_event_connection(EVT_CONNECTION + v, e)
-            .map_err(conflict)?;
+        synic.add_message_connection(MSG_CONNECTION + v, m)?;
+        synic.add_event_connection(EVT_CONNECTION + v, e)?;
         channels.push((mrx, erx));
     }
     program.load(vm.vm_mut())?;

@@ -109,7 +109,7 @@ impl Isr {
 }
 
 fn asm_err(e: iced_x86::IcedError) -> Error {
-    Error::Assemble(e.to_string())
+    Error::Asm(e)
 }
 
 /// Builds a [`GuestProgram`].

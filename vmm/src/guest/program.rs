@@ -78,7 +78,11 @@ impl GuestProgram {
         let mem = vm.memory();
         let write = |bytes: &[u8], gpa: u64| {
             mem.write_slice(bytes, GuestAddress(gpa))
-                .map_err(|e| Error::Memory(format!("loading program at {gpa:#x}: {e}")))
+                .map_err(|source| Error::GuestMemory {
+                    what: "guest program",
+                    gpa,
+                    source,
+                })
         };
         write(code, layout::CODE_BASE)?;
         write(&self.idt, IDT_ADDR)?;

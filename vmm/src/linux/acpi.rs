@@ -192,7 +192,11 @@ pub fn write_tables(mem: &GuestMemory, config: AcpiConfig) -> Result<AcpiLayout,
     ];
     for (gpa, bytes) in tables {
         mem.write_slice(bytes, GuestAddress(gpa))
-            .map_err(|e| LinuxError::Memory(format!("ACPI table at {gpa:#x}: {e}")))?;
+            .map_err(|source| LinuxError::GuestMemory {
+                what: "ACPI table",
+                gpa,
+                source,
+            })?;
     }
     Ok(AcpiLayout {
         rsdp,

@@ -85,9 +85,9 @@ pub fn e820_map(mem_size: u64) -> Vec<boot_e820_entry> {
     ]
 }
 
-fn write(mem: &GuestMemory, what: &str, gpa: u64, data: &[u8]) -> Result<(), LinuxError> {
+fn write(mem: &GuestMemory, what: &'static str, gpa: u64, data: &[u8]) -> Result<(), LinuxError> {
     mem.write_slice(data, GuestAddress(gpa))
-        .map_err(|e| LinuxError::Memory(format!("{what} at {gpa:#x}: {e}")))
+        .map_err(|source| LinuxError::GuestMemory { what, gpa, source })
 }
 
 /// Loads `kernel` (a bzImage), `initrd` and `cmdline` into `mem` and writes the zero page with
@@ -106,7 +106,7 @@ pub fn load(
         &mut Cursor::new(kernel),
         Some(GuestAddress(HIGH_MEMORY)),
     )
-    .map_err(|e| LinuxError::Kernel(e.to_string()))?;
+    .map_err(LinuxError::KernelImage)?;
     let mut hdr = loaded
         .setup_header
         .ok_or_else(|| LinuxError::Kernel("no setup header".into()))?;
@@ -175,7 +175,7 @@ pub fn load(
         &BootParams::new(&params, GuestAddress(ZERO_PAGE)),
         mem,
     )
-    .map_err(|e| LinuxError::Memory(format!("zero page: {e}")))?;
+    .map_err(LinuxError::BootParams)?;
 
     Ok(LoadedKernel {
         protocol,
@@ -193,9 +193,8 @@ pub fn entry_state(
     loaded: &LoadedKernel,
     sregs: &mut kvm_bindings::kvm_sregs,
 ) -> Result<kvm_regs, LinuxError> {
-    let memory_err = |e: crate::Error| LinuxError::Memory(e.to_string());
-    boot::write_gdt(mem).map_err(memory_err)?;
-    boot::write_identity_map(mem).map_err(memory_err)?;
+    boot::write_gdt(mem)?;
+    boot::write_identity_map(mem)?;
     // Entries 2 and 3 become the protocol's flat 64-bit code and data segments.
     let code64: u64 = 0x00AF_9B00_0000_FFFF;
     let data: u64 = 0x00CF_9300_0000_FFFF;
@@ -261,7 +260,8 @@ mod tests {
     fn non_bzimage_is_refused_with_a_reason() {
         let mem = crate::memory::allocate(32 << 20).unwrap();
         let err = load(&mem, &[0u8; 4096], None, "console=ttyS0", 0).unwrap_err();
-        assert!(matches!(err, LinuxError::Kernel(_)), "{err}");
+        // The loader's own error, kept as its type.
+        assert!(matches!(err, LinuxError::KernelImage(_)), "{err}");
     }
 
     /// A minimal image with just a setup header: protocol 2.15, 64-bit entry, 1 setup sector.

@@ -37,25 +37,44 @@ use crate::vm::Vm;
 /// Why a Linux guest could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum LinuxError {
-    /// The kernel image is not a bootable 64-bit bzImage.
+    /// The kernel image is not a bootable 64-bit bzImage (this crate's own finding).
     #[error("kernel image: {0}")]
     Kernel(String),
+    /// The bzImage loader refused the kernel image.
+    #[error("kernel image: {0}")]
+    KernelImage(#[source] linux_loader::loader::Error),
+    /// The zero page (boot parameters) could not be written.
+    #[error("zero page: {0}")]
+    BootParams(#[source] linux_loader::configurator::Error),
     /// The command line does not fit.
     #[error("kernel command line: {0}")]
     Cmdline(String),
-    /// Guest memory could not hold something.
+    /// Guest memory cannot hold something (this crate's own finding).
     #[error("guest memory: {0}")]
     Memory(String),
+    /// Guest memory refused a write.
+    #[error("guest memory: {what} at {gpa:#x}: {source}")]
+    GuestMemory {
+        /// What was being written.
+        what: &'static str,
+        /// Where.
+        gpa: u64,
+        /// vm-memory's error.
+        source: vm_memory::GuestMemoryError,
+    },
+    /// The VMBus host could not attach.
+    #[error("VMBus host: {0}")]
+    Vmbus(#[from] synic_vmbus::host::AttachError),
     /// The configuration cannot be met.
     #[error("configuration: {0}")]
     Config(String),
     /// A KVM call failed.
-    #[error("KVM {op} failed: {message}")]
+    #[error("KVM {op} failed: {source}")]
     Kvm {
         /// The operation.
         op: &'static str,
-        /// The error.
-        message: String,
+        /// The error the kernel returned.
+        source: kvm_ioctls::Error,
     },
     /// The VMM refused.
     #[error(transparent)]
@@ -71,10 +90,7 @@ pub enum LinuxError {
 }
 
 fn kvm(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> LinuxError {
-    move |e| LinuxError::Kvm {
-        op,
-        message: e.to_string(),
-    }
+    move |source| LinuxError::Kvm { op, source }
 }
 
 /// The ISA IRQ of COM1.

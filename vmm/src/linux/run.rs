@@ -147,7 +147,7 @@ pub fn run(mut r: LinuxRun) -> Result<LinuxReport, LinuxError> {
                     ..VmbusConfig::default()
                 },
             )
-            .map_err(|e| LinuxError::Config(format!("VMBus host: {e}")))?,
+            .map_err(LinuxError::Vmbus)?,
         ),
         _ => None,
     };
