@@ -11,7 +11,7 @@
 //!   Hyper-V CPUID leaves built from what is wired.
 //! * [`VmSynicBuilder`] -> [`VmSynic`]: SINT routes (on its own table, the VMM's, or a GSI range
 //!   the VMM's routing owner merges: [`VmSynicBuilder::delegate_routing`]), the partition, the
-//!   kernel-mode ack pump, the timer thread, connections (channels, eventfds through
+//!   timer thread, connections (channels, eventfds through
 //!   `KVM_HYPERV_EVENTFD`), pause/save/resume and restore.
 //! * [`VcpuSynic`]: one vCPU's exits: MSRs, the hypercall trap, `KVM_EXIT_HYPERV`, and the
 //!   capture of KVM's registers for a save.

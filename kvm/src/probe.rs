@@ -17,8 +17,9 @@ use crate::error::{Error, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SynicMode {
     /// KVM's in-kernel SynIC (`KVM_CAP_HYPERV_SYNIC2`): the kernel owns the SynIC MSRs and
-    /// reports changes as `KVM_EXIT_HYPERV`; SINTs are HV_SINT routes, acks come back through
-    /// resamplefds.
+    /// reports changes as `KVM_EXIT_HYPERV`; SINTs are HV_SINT routes. The synthetic timers
+    /// and the EOM ack are the library's, through an MSR filter (writes of EOM exit to
+    /// userspace and retry queued messages on the vCPU's own thread, as in userspace mode).
     Kernel,
     /// Every Hyper-V MSR exits to userspace (`KVM_CAP_X86_USER_SPACE_MSR` plus an MSR filter)
     /// and the library owns the semantics; SINTs are delivered as MSIs.
@@ -57,7 +58,9 @@ pub struct Capabilities {
     /// `KVM_CAP_IRQFD`, and a trial registration on the VM worked.
     pub irqfd: bool,
     /// `KVM_CAP_IRQFD_RESAMPLE`, and a trial resample registration on the VM worked (needs the
-    /// full in-kernel irqchip of `KVM_CREATE_IRQCHIP`, not a split one).
+    /// full in-kernel irqchip of `KVM_CREATE_IRQCHIP`, not a split one). Reported for VMMs
+    /// that use resamplefds themselves; neither mode needs it (kernel mode's acks are EOM
+    /// exits).
     pub irqfd_resample: bool,
     /// `KVM_CAP_SIGNAL_MSI` (direct-mode synthetic timers in userspace mode).
     pub signal_msi: bool,
@@ -163,7 +166,7 @@ impl Capabilities {
         ]
     }
 
-    fn kernel(&self) -> [Requirement; 6] {
+    fn kernel(&self) -> [Requirement; 5] {
         [
             (
                 self.user_space_msr,
@@ -179,12 +182,6 @@ impl Capabilities {
                 self.hyperv_synic2,
                 "KVM_CAP_HYPERV_SYNIC2",
                 "kernel SynIC mode (no in-kernel Hyper-V: built without CONFIG_KVM_HYPERV?)",
-            ),
-            (
-                self.irqfd_resample,
-                "KVM_CAP_IRQFD_RESAMPLE",
-                "kernel SynIC mode's acks (resample irqfds need the full in-kernel irqchip of \
-                 KVM_CREATE_IRQCHIP, not a split one)",
             ),
             (
                 self.hyperv_eventfd,
@@ -281,17 +278,25 @@ mod tests {
                 .unwrap(),
             SynicMode::Userspace
         );
-        // SYNIC2 without working resample irqfds (a split irqchip): auto falls back.
-        let split = Capabilities {
+        // Kernel mode's acks are EOM exits, not resamplefds: SYNIC2 without working resample
+        // irqfds is still kernel mode.
+        let no_resample = Capabilities {
             irqfd_resample: false,
             ..kernel_capable()
         };
         assert_eq!(
-            split.choose_mode(ModeRequest::Auto).unwrap(),
+            no_resample.choose_mode(ModeRequest::Auto).unwrap(),
+            SynicMode::Kernel
+        );
+        // Without SYNIC2, auto falls back.
+        let no_synic2 = Capabilities {
+            hyperv_synic2: false,
+            ..kernel_capable()
+        };
+        assert_eq!(
+            no_synic2.choose_mode(ModeRequest::Auto).unwrap(),
             SynicMode::Userspace
         );
-        let err = split.choose_mode(ModeRequest::Kernel).unwrap_err();
-        assert!(err.to_string().contains("KVM_CAP_IRQFD_RESAMPLE"), "{err}");
     }
 
     #[test]

@@ -1,23 +1,20 @@
-//! The SINT routes of either mode behind one type, and kernel mode's ack pump.
+//! The SINT routes of either mode behind one type.
 
-use std::sync::{Arc, Weak};
-
-use crossbeam_channel::Receiver;
-use synic::{Partition, RaiseSint, Sint, SintIndex, VpIndex};
-use synic_routing::{
-    Gsi, KernelSintRoutes, MsiRoute, RoutingBackend, SintCounters, UserSintRoutes,
-};
-use vm_memory::GuestAddressSpace;
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::{Routing, SynicRoutingTable};
+use synic::{RaiseSint, Sint, SintIndex, VpIndex};
+use synic_routing::{
+    Gsi, KernelSintRoutes, MsiRoute, RoutingBackend, SintCounters, UserSintRoutes,
+};
 
 /// The routes the partition raises SINTs through.
 #[derive(Debug)]
 pub(crate) enum SintRoutes {
     /// Userspace mode: MSI routes following the guest's SINT registers.
     User(Arc<UserSintRoutes<Routing>>),
-    /// Kernel mode: HV_SINT routes with resamplefds.
+    /// Kernel mode: HV_SINT routes; acks are the guest's EOM writes (no resamplefds).
     Kernel(Arc<KernelSintRoutes<Routing>>),
 }
 
@@ -99,38 +96,4 @@ impl RaiseSint for KernelRaise {
             .backend()
             .signal_msi(MsiRoute::fixed(vp.0, vector));
     }
-}
-
-/// Kernel mode: hands resamplefd acks from the routing layer's ack thread to
-/// [`synic::Partition::ack`].
-///
-/// The partition holds the routes (its raise trait) and the routes hold the ack sink, so the
-/// sink cannot own the partition: it is a channel, and this thread holds only a `Weak`. When
-/// the last owner drops the partition the routes go with it, the channel closes and the
-/// thread ends. (A closure sink holding the `Weak` could end up dropping the partition — and
-/// with it the routes, which join the ack thread — on the ack thread itself.)
-pub(crate) fn spawn_ack_pump<M>(
-    acks: Receiver<(VpIndex, SintIndex)>,
-    partition: Weak<Partition<M>>,
-) -> Result<()>
-where
-    M: GuestAddressSpace + Send + Sync + 'static,
-{
-    std::thread::Builder::new()
-        .name("synic-acks".into())
-        .spawn(move || {
-            for (vp, sint) in acks {
-                let Some(p) = partition.upgrade() else {
-                    return;
-                };
-                // Acks are hints (KVM acks every SINT on EOM); an error here is a VP index or
-                // a page the guest moved out of RAM, counted by the model.
-                let _ = p.ack(vp, sint);
-            }
-        })
-        .map(|_| ())
-        .map_err(|source| Error::Thread {
-            what: "SynIC ack",
-            source,
-        })
 }

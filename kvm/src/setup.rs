@@ -9,8 +9,12 @@
 //!   forwards the MSRs KVM does not know and, through the filter, the synthetic-timer MSRs
 //!   (`STIMER0_CONFIG..=STIMER3_COUNT`): the timers run in the library in both modes, so that
 //!   KVM never writes a timer message into a slot the library writes host messages to (one
-//!   writer per slot). INVAL is not forwarded in kernel mode: that would let userspace accept
-//!   a SynIC write the in-kernel SynIC refused.
+//!   writer per slot). It also takes guest *writes* of `HV_X64_MSR_EOM` (reads stay KVM's):
+//!   the EOM is the ack that retries a queued message, handled on the vCPU's own thread as in
+//!   userspace mode, instead of a resamplefd signal that wakes a separate ack thread (which
+//!   made kernel mode's message round trip slower: docs/kernel-mode-lab.md). INVAL is not
+//!   forwarded in kernel mode: that would let userspace accept a SynIC write the in-kernel
+//!   SynIC refused.
 //! * [`setup_vcpu`]: kernel mode activates KVM's SynIC on the vCPU (`KVM_CAP_HYPERV_SYNIC2`,
 //!   which never zeroes the message and event pages, unlike version 1). Do it on every vCPU
 //!   before the SynIC's routes are built ([`crate::VmSynicBuilder::build`]): KVM maps SINTs to
@@ -22,7 +26,7 @@ use kvm_bindings::{
     KVM_MSR_EXIT_REASON_UNKNOWN,
 };
 use kvm_ioctls::{MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VcpuFd, VmFd};
-use synic_msr::index::{HV_MSR_FIRST, HV_MSR_LAST, STIMER0_CONFIG, STIMER3_COUNT};
+use synic_msr::index::{EOM, HV_MSR_FIRST, HV_MSR_LAST, STIMER0_CONFIG, STIMER3_COUNT};
 
 use crate::error::{kvm_err, Result};
 use crate::probe::SynicMode;
@@ -56,17 +60,22 @@ pub fn setup_vm(vm: &VmFd, mode: SynicMode) -> Result<()> {
     // A clear bit denies the access in the kernel, which with the FILTER reason enabled means:
     // exit to userspace.
     let deny_all = [0u8; (HV_FILTER_COUNT / 8) as usize];
-    let (base, msr_count) = match mode {
-        SynicMode::Userspace => (HV_MSR_FIRST, HV_FILTER_COUNT),
-        SynicMode::Kernel => (STIMER0_CONFIG, STIMER_FILTER_COUNT),
-    };
-    let range = MsrFilterRange {
-        flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
+    let deny = |flags, base, msr_count: u32| MsrFilterRange {
+        flags,
         base,
         msr_count,
         bitmap: &deny_all[..msr_count.div_ceil(8) as usize],
     };
-    vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &[range])
+    let read_write = MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE;
+    let ranges = match mode {
+        SynicMode::Userspace => vec![deny(read_write, HV_MSR_FIRST, HV_FILTER_COUNT)],
+        SynicMode::Kernel => vec![
+            deny(read_write, STIMER0_CONFIG, STIMER_FILTER_COUNT),
+            // Writes only: a read of EOM is KVM's (0).
+            deny(MsrFilterRangeFlags::WRITE, EOM, 1),
+        ],
+    };
+    vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &ranges)
         .map_err(kvm_err("KVM_X86_SET_MSR_FILTER"))?;
     Ok(())
 }

@@ -28,7 +28,7 @@ use crate::hypercall::DEFAULT_TRAP_PORT;
 use crate::kernel_state::{self, KernelSynicState};
 use crate::kvmclock::KvmClock;
 use crate::probe::SynicMode;
-use crate::routes::{self, SintRoutes};
+use crate::routes::SintRoutes;
 use crate::stimer_hook::{StimerHook, TimerSource};
 use crate::timers::TimerThread;
 use crate::vcpu::VcpuSynic;
@@ -233,7 +233,8 @@ impl VmSynicBuilder {
     /// Wires the SynIC to `vm` over guest memory `memory`, in this order: the routing table;
     /// kernel mode marks every VP's SynIC active (each vCPU went through
     /// [`crate::setup_vcpu`]: KVM builds its SINT-to-GSI ack map only for active SynICs, at
-    /// commit) then adds HV_SINT routes with resamplefds and the ack pump; userspace mode adds
+    /// commit) then adds HV_SINT routes (acks are EOM writes, taken to userspace by
+    /// [`crate::setup_vm`]'s filter: no resamplefds, no ack thread); userspace mode adds
     /// MSI routes that follow the guest's SINT registers; then the model's partition and VPs,
     /// the connection registry, and the timer hook, started.
     pub fn build<M>(self, vm: Arc<VmFd>, memory: M) -> Result<Arc<VmSynic<M>>>
@@ -252,21 +253,22 @@ impl VmSynicBuilder {
             )),
         };
         let vps: Vec<VpIndex> = (0..self.vcpus).map(VpIndex).collect();
-        let (routes, acks) = match self.mode {
+        let routes = match self.mode {
             SynicMode::Userspace => {
                 // VP index n runs on vCPU n, whose APIC id is n.
                 let user = UserSintRoutes::new(Arc::clone(&table), vps.iter().map(|&v| (v, v.0)))?;
                 user.add_vps(&vps, &self.routed_sints)?;
-                (SintRoutes::User(Arc::new(user)), None)
+                SintRoutes::User(Arc::new(user))
             }
             SynicMode::Kernel => {
                 for &vp in &vps {
                     table.mark_synic_active(vp);
                 }
-                let (tx, rx) = crossbeam_channel::unbounded();
-                let kernel = KernelSintRoutes::new(Arc::clone(&table), tx)?;
+                // Acks are the guest's EOM writes, which the MSR filter (crate::setup_vm)
+                // brings to VcpuSynic::wrmsr: no resamplefds, no ack thread.
+                let kernel = KernelSintRoutes::eom_acked(Arc::clone(&table))?;
                 kernel.add_vps(&vps, &self.routed_sints)?;
-                (SintRoutes::Kernel(Arc::new(kernel)), Some(rx))
+                SintRoutes::Kernel(Arc::new(kernel))
             }
         };
         // Kernel mode: KVM's register semantics, and KVM's clock (TIME_REF_COUNT is KVM's; the
@@ -284,9 +286,6 @@ impl VmSynicBuilder {
         let config = PartitionConfig::new(self.mode.model(), profile, self.vcpus)
             .with_queue_capacity(self.queue_capacity);
         let (partition, model_vps) = Partition::new(config, memory.clone(), routes.raise(), clock)?;
-        if let Some(rx) = acks {
-            routes::spawn_ack_pump(rx, Arc::downgrade(&partition))?;
-        }
         let stimer_hook = self
             .stimer_hook
             .unwrap_or_else(|| Arc::new(TimerThread::new()));

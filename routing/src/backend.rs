@@ -83,6 +83,17 @@ impl Capabilities {
     /// Ok when `mode` can work here, else [`Error::MissingCapability`] naming the first missing
     /// capability and what was found.
     pub fn check(&self, mode: Mode) -> Result<(), Error> {
+        self.check_acks(mode, true)
+    }
+
+    /// As [`check`](Self::check) for kernel-mode routes whose acks are EOM writes the VMM
+    /// takes to userspace ([`crate::KernelSintRoutes::eom_acked`]): no resample irqfds needed,
+    /// so a split irqchip will do.
+    pub fn check_eom_acked(&self) -> Result<(), Error> {
+        self.check_acks(Mode::Kernel, false)
+    }
+
+    fn check_acks(&self, mode: Mode, resample: bool) -> Result<(), Error> {
         let missing = |capability: &'static str, detail: String| {
             Err(Error::MissingCapability {
                 mode,
@@ -112,6 +123,9 @@ impl Capabilities {
                 "KVM_CAP_HYPERV_SYNIC2",
                 "this KVM has no in-kernel Hyper-V SynIC (built without CONFIG_KVM_HYPERV?)".into(),
             );
+        }
+        if !resample {
+            return Ok(());
         }
         if !self.irqfd_resample_cap {
             return missing(

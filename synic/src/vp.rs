@@ -118,10 +118,15 @@ impl<M: GuestAddressSpace> Vp<M> {
     fn user_mode(&self, index: u32) -> Result<(), MsrError> {
         match self.partition.config().mode {
             Mode::Userspace => Ok(()),
-            // KVM's SynIC owns every other Hyper-V MSR in kernel mode; the synthetic timers
+            // KVM's SynIC owns every other Hyper-V MSR in kernel mode. The synthetic timers
             // are the model's in both modes (the VMM takes their MSRs to userspace), so the
-            // model is the only writer of message slots.
-            Mode::Kernel if Msr::from_index(index).is_some_and(|m| m.is_stimer()) => Ok(()),
+            // model is the only writer of message slots; so is EOM, the ack that retries a
+            // queued message (the VMM takes its writes to userspace).
+            Mode::Kernel
+                if Msr::from_index(index).is_some_and(|m| m.is_stimer() || m == Msr::Eom) =>
+            {
+                Ok(())
+            }
             Mode::Kernel => Err(MsrError::KernelMode { index }),
         }
     }
@@ -138,7 +143,7 @@ impl<M: GuestAddressSpace> Vp<M> {
     }
 
     /// Userspace mode: a guest or host RDMSR of a Hyper-V MSR (per-VP or partition-wide).
-    /// Kernel mode: the synthetic-timer MSRs only.
+    /// Kernel mode: the synthetic-timer MSRs and EOM only.
     pub fn rdmsr(&self, index: u32, origin: Origin) -> Result<u64, MsrError> {
         self.user_mode(index)?;
         let msr = Msr::from_index(index).ok_or(Gp::new(index, GpReason::UnknownMsr))?;
@@ -154,7 +159,7 @@ impl<M: GuestAddressSpace> Vp<M> {
     }
 
     /// Userspace mode: a guest or host WRMSR of a Hyper-V MSR (kernel mode: the
-    /// synthetic-timer MSRs only). On `Err` a guest access gets
+    /// synthetic-timer MSRs and EOM only). On `Err` a guest access gets
     /// `#GP(0)` and nothing changed. On `Ok` the model has acted on the write (page moved,
     /// queued messages retried, SINT route told) and `action` says what is left to the VMM.
     pub fn wrmsr(&mut self, index: u32, value: u64, origin: Origin) -> Result<MsrWrite, MsrError> {

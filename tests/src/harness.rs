@@ -168,7 +168,8 @@ impl Host {
     }
 
     /// What the host's SynIC machinery has done so far, summed (it only grows), and the acks
-    /// the routing layer passed on that the model has not taken yet (kernel mode's ack pump).
+    /// the routing layer passed on that the model has not taken yet (resamplefd acks; none
+    /// since kernel mode's acks became EOM exits, which the model takes on the vCPU thread).
     fn activity(&self) -> (u64, u64) {
         let routes = self.synic.route_counters();
         let mut done = routes.raised + routes.suppressed + routes.unrouted + routes.acks;

@@ -1,4 +1,5 @@
-//! Kernel mode: HV_SINT routes, irqfds, and resamplefds fanned in to one ack thread.
+//! Kernel mode: HV_SINT routes and irqfds; acks either from resamplefds fanned in to one ack
+//! thread, or (no resamplefds, no thread) from EOM writes the VMM takes to userspace.
 
 use std::collections::HashMap;
 use std::io;
@@ -28,10 +29,16 @@ fn untoken(t: u64) -> Option<(VpIndex, SintIndex)> {
 
 /// Kernel-mode SINT delivery (`KVM_CAP_HYPERV_SYNIC2`).
 ///
-/// Per configured (VP, SINT): a GSI with an HV_SINT route, an irqfd that [`RaiseSint::raise`]
-/// writes, and a resamplefd KVM signals when the guest acknowledges the SINT (EOI of its
-/// vector, or EOM). One thread blocks in `epoll_wait` over every resamplefd and passes each
-/// signal to the [`SintAck`] sink: no polling, one thread for the whole VM.
+/// Per configured (VP, SINT): a GSI with an HV_SINT route and an irqfd that
+/// [`RaiseSint::raise`] writes. Acks come one of two ways:
+/// * [`new`](Self::new): a resamplefd per pair, which KVM signals when the guest acknowledges
+///   the SINT (EOI of its vector, or EOM). One thread blocks in `epoll_wait` over every
+///   resamplefd and passes each signal to the [`SintAck`] sink: no polling, one thread for the
+///   whole VM, but two thread wake-ups per acknowledged interrupt.
+/// * [`eom_acked`](Self::eom_acked): no resamplefds and no thread. The VMM takes the guest's
+///   EOM writes to userspace (an MSR filter on `HV_X64_MSR_EOM`) and gives them to the model on
+///   the vCPU's own thread, as in userspace mode. Only EOM acks (the TLFS's: a guest that
+///   found MessagePending set writes EOM); EOIs are not seen. Works with a split irqchip.
 ///
 /// Ordering: KVM maps SINTs to GSIs (for acks) only for vCPUs whose SynIC is already active,
 /// and only when a table is committed. So enable SYNIC2 on every vCPU ([`crate::enable_synic2`]),
@@ -41,6 +48,7 @@ fn untoken(t: u64) -> Option<(VpIndex, SintIndex)> {
 pub struct KernelSintRoutes<B: RoutingBackend> {
     table: Arc<RoutingTable<B>>,
     shared: Arc<Shared<B>>,
+    /// The resamplefd ack thread ([`KernelSintRoutes::new`] only).
     thread: Option<JoinHandle<()>>,
     /// Serialises add and remove (configuration, not the raise path).
     changes: Mutex<()>,
@@ -52,7 +60,8 @@ struct Shared<B: RoutingBackend> {
     routes: RwLock<RouteMap<B>>,
     epoll: Epoll,
     stop: EventFd,
-    sink: Box<dyn SintAck>,
+    /// Where resamplefd acks go; `None`: no resamplefds ([`KernelSintRoutes::eom_acked`]).
+    sink: Option<Box<dyn SintAck>>,
     counters: Counters,
 }
 
@@ -93,7 +102,7 @@ impl<B: RoutingBackend> KernelSintRoutes<B> {
             routes: RwLock::new(HashMap::new()),
             epoll,
             stop,
-            sink: Box::new(sink),
+            sink: Some(Box::new(sink)),
             counters: Counters::default(),
         });
         let thread = {
@@ -111,8 +120,35 @@ impl<B: RoutingBackend> KernelSintRoutes<B> {
         })
     }
 
+    /// Checks that the kernel can do kernel mode (SYNIC2 and irqfds) for routes without
+    /// resamplefds: the VMM passes the guest's EOM writes to the model itself. No thread.
+    pub fn eom_acked(table: Arc<RoutingTable<B>>) -> Result<Self, Error> {
+        table.capabilities().check_eom_acked()?;
+        let epoll = Epoll::new().map_err(Error::os("epoll_create1"))?;
+        let stop = new_eventfd()?;
+        Ok(Self {
+            table,
+            shared: Arc::new(Shared {
+                routes: RwLock::new(HashMap::new()),
+                epoll,
+                stop,
+                sink: None,
+                counters: Counters::default(),
+            }),
+            thread: None,
+            changes: Mutex::new(()),
+        })
+    }
+
+    /// Whether acks come from resamplefds ([`new`](Self::new)) rather than from the VMM's EOM
+    /// writes ([`eom_acked`](Self::eom_acked)).
+    pub fn resamples(&self) -> bool {
+        self.shared.sink.is_some()
+    }
+
     /// Adds a route for each (VP, SINT) pair: all GSIs and HV_SINT entries in one commit, then
-    /// an irqfd with a resamplefd per pair. On error nothing is added.
+    /// an irqfd per pair (with a resamplefd unless [`eom_acked`](Self::eom_acked)). On error
+    /// nothing is added.
     pub fn add(&self, pairs: &[(VpIndex, SintIndex)]) -> Result<(), Error> {
         let _changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
         check_new_pairs(pairs, |p| self.shared.read().contains_key(p))?;
@@ -123,7 +159,7 @@ impl<B: RoutingBackend> KernelSintRoutes<B> {
                 .collect()
         })?;
         // The route is committed before the irqfd exists, so no raise can hit an empty GSI.
-        let irqfds = self.table.irqfds_or_release(&gsis, true)?;
+        let irqfds = self.table.irqfds_or_release(&gsis, self.resamples())?;
         let mut routes = self.shared.write();
         let mut added = Vec::with_capacity(pairs.len());
         for (&pair, irqfd) in pairs.iter().zip(irqfds) {
@@ -261,7 +297,9 @@ fn ack_loop<B: RoutingBackend>(shared: &Shared<B>) {
         // Outside the lock: the sink may call back into the model and from there into raise.
         for (vp, sint) in acks.drain(..) {
             Counters::bump(&shared.counters.acks);
-            shared.sink.ack(vp, sint);
+            if let Some(sink) = &shared.sink {
+                sink.ack(vp, sint);
+            }
         }
     }
 }

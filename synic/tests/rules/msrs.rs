@@ -174,3 +174,35 @@ fn kernel_mode_leaves_msrs_to_kvm() {
         Err(MsrError::KernelMode { index: index::SIMP })
     );
 }
+
+#[test]
+fn kernel_mode_eom_is_the_models_and_retries_the_queue() {
+    // The VMM takes EOM writes to userspace in kernel mode (synic-kvm's MSR filter): the ack
+    // that puts the next queued message in the slot, on the vCPU's own thread.
+    let mut h = Harness::with_config(PartitionConfig::new(Mode::Kernel, Profile::Kvm, 1));
+    h.vps[0]
+        .apply_synic_exit(synic::SynicExit {
+            msr: index::SIMP,
+            control: 1,
+            evt_page: 0,
+            msg_page: simp_gpa(0) | 1,
+        })
+        .unwrap();
+    assert_eq!(h.post(0, 3, 1), Posted::Delivered);
+    assert_eq!(h.post(0, 3, 2), Posted::Queued);
+    assert!(
+        h.guest_free_slot(0, 3),
+        "MessagePending set for the queued one"
+    );
+    assert!(h.slot(0, 3).header.message_type.is_none());
+    h.eom(0);
+    assert_eq!(
+        id_of(&h.slot(0, 3)),
+        2,
+        "the EOM delivered the queued message"
+    );
+    assert_eq!(h.raise.raised().len(), 2);
+    // KVM's values pass (it ignores the value), and the read is the model's 0.
+    h.vps[0].wrmsr(index::EOM, 0xdead, Origin::Guest).unwrap();
+    assert_eq!(h.vps[0].rdmsr(index::EOM, Origin::Guest), Ok(0));
+}

@@ -276,8 +276,8 @@ pub fn auto_eoi_per_mode(setup: Setup) {
     };
     g.synic_up(&[(SINT, auto)]).unwrap();
     g.step(1).unwrap();
-    // Up to ~1 s for the second message without an EOI (kernel mode's retry goes through the
-    // resamplefd and the ack thread: slow under emulation).
+    // Up to ~1 s for the second message without an EOI (the retry is the guest's EOM exit:
+    // slow under emulation).
     g.wait_counter_bounded(state::MESSAGES, 2, 200).unwrap();
     g.report_lapic_bit(0x100, v).unwrap(); // ISR
     g.report_counter(state::MESSAGES).unwrap();

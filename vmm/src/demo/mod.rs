@@ -209,7 +209,8 @@ pub struct DemoReport {
     pub exits: u64,
     /// EOMs the guests wrote (userspace mode: each is an exit).
     pub eoms: u64,
-    /// Acks the model received (kernel mode: resamplefd signals after EOIs and EOMs).
+    /// Acks the routing layer passed to the model (resamplefd signals; 0 since kernel mode's
+    /// acks became EOM exits, counted in [`eoms`](Self::eoms) in both modes).
     pub acks: u64,
 }
 
@@ -273,9 +274,9 @@ impl std::fmt::Display for DemoReport {
             "guest -> host events    {:>8}  (HvSignalEvent)",
             t.guest_to_host_events
         )?;
-        let acks = match self.mode {
-            SynicMode::Userspace => format!("{} EOM exits", self.eoms),
-            SynicMode::Kernel => format!("{} resamplefd acks", self.acks),
+        let acks = match self.acks {
+            0 => format!("{} EOM exits", self.eoms),
+            n => format!("{} EOM exits, {n} resamplefd acks", self.eoms),
         };
         writeln!(
             f,
