@@ -32,7 +32,9 @@ if [ -n "${KVM_LAB_OUT:-}" ]; then
   heartbeat=$!
   trap 'kill $heartbeat 2>/dev/null' EXIT
 fi
-suite=$1 limit=$2
+# LIMITS (optional): a file of "label<TAB>seconds" lines, each a command whose own limit
+# replaces LIMIT (a long stress test).
+suite=$1 limit=$2 limits=${3:-}
 echo "=== lab: $(uname -r), $(nproc) CPUs, /dev/kvm $( [ -e /dev/kvm ] && echo present || echo MISSING)"
 
 T=${IN_LAB_TRACEFS:-/sys/kernel/tracing} # overridable only to test this script
@@ -62,6 +64,11 @@ diag_lines=${IN_LAB_DIAG_LINES:-400}
 while IFS=$'\t' read -r label dir cmd; do
   [ -n "$label" ] || continue
   echo "=== begin $label"
+  lim=$limit
+  if [ -n "$limits" ]; then
+    own=$(awk -F'\t' -v l="$label" '$1 == l {print $2}' "$limits")
+    [ -n "$own" ] && lim=$own
+  fi
   echo "$(date +%T) begin $label" >>"$progress"
   t0=$(date +%s.%N)
   retries=0
@@ -72,7 +79,7 @@ while IFS=$'\t' read -r label dir cmd; do
     if [ -n "$traced" ]; then echo >"$traced/trace"; echo 1 >"$traced/tracing_on"; fi
     echo "=== attempt $((retries + 1))"
     (cd "$dir" && { [ -z "$traced" ] || export SYNIC_DEMO_TRACING=$traced; } \
-      && eval "timeout -k 10 $limit $cmd") 2>&1
+      && eval "timeout -k 10 $lim $cmd") 2>&1
     rc=$?
     # The markers must start a line: a command killed mid-line (a test runner's
     # "test x ... " before a timeout) would otherwise glue "=== end" to it, and run.sh would

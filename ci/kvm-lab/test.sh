@@ -9,6 +9,7 @@
 #   - the signature caught on every attempt          -> 1 after 3 attempts
 #   - a failed demo                                  -> 1, its kernel trace in its log
 #   - a command killed at its limit in mid-line      -> 1, FAIL (status 124), not NOT RUN
+#   - a command with its own limit (KERNEL_LAB_LIMITS) -> that limit, the others the default
 #   - a lab that never boots                         -> 77 (SKIPPED)
 # Exit 0 when every check holds, 1 otherwise.
 set -uo pipefail
@@ -49,6 +50,7 @@ pass() { echo "test result: ok. 3 passed; 0 failed"; exit 0; }
 case $behaviour in
   pass) pass;;
   hang) printf 'test slow ... '; sleep 60;;
+  slow) sleep 4; pass;;
   fail) echo "test it_works ... FAILED"; echo "test result: FAILED. 2 passed; 1 failed"; exit 1;;
   sig-then-pass) [ $n -gt 1 ] && pass; sig; exit 101;;
   sig-always) sig; exit 101;;
@@ -118,6 +120,11 @@ case=timeout; KERNEL_LAB_LIMIT=2 run timeout "timers hang" "vmm pass"
 check "command over its limit, killed mid-line: exit 1" [ $rc = 1 ]
 check "command over its limit: FAIL with status 124, not NOT RUN" has "FAIL timers .*exit status 124"
 check "command over its limit: the rest ran" has "PASS vmm"
+
+printf 'timers\t8\n' >"$w/limits"
+case=ownlimit; KERNEL_LAB_LIMIT=2 KERNEL_LAB_LIMITS=$w/limits run ownlimit "timers slow" "vmm slow"
+check "a command's own limit: it gets it" has "PASS timers"
+check "a command's own limit: the others keep the default" has "FAIL vmm .*exit status 124"
 
 case=noboot; FAKE_LAB=noboot run noboot "e2e pass"
 check "lab never boots: exit 77" [ $rc = 77 ]

@@ -190,7 +190,13 @@ impl SynicGuest {
             )));
         }
         self.handlers.retain(|h| h.vector != vector);
-        self.handlers.push(Handler { vector, sint, kind });
+        let entry = self.g.asm().create_label();
+        self.handlers.push(Handler {
+            vector,
+            sint,
+            kind,
+            entry,
+        });
         Ok(())
     }
 
@@ -602,6 +608,40 @@ impl SynicGuest {
             area_address(a, rax, layout::SIEFP + dword)?;
             a.lock().btr(dword_ptr(rax), flag % 32)
         })
+    }
+
+    /// Enters the e2e handler of `vector` as a delivery the platform made up inside another
+    /// handler would (handler depth 1 around a software `int`; the lab's emulated SVM does
+    /// this: docs/kernel-mode-lab.md). The handler must count it under [`state::NESTED`] and
+    /// return touching nothing. Clobbers RAX.
+    pub fn nested_delivery(&mut self, vector: u8) -> Result<()> {
+        let entry = self
+            .handlers
+            .iter()
+            .find(|h| h.vector == vector)
+            .map(|h| h.entry)
+            .ok_or_else(|| Error::Assemble(format!("no e2e handler on vector {vector:#x}")))?;
+        self.emit(|a| {
+            area_address(a, rax, layout::STATE)?;
+            a.mov(qword_ptr(rax + state::DEPTH as i32), 1)?;
+            // The frame an interrupt delivery pushes (SS, RSP, RFLAGS, CS, RIP), then the
+            // handler. (`int n` would do the same, but this host's KVM fails to emulate it.)
+            a.mov(rax, rsp)?;
+            a.push(0x18)?; // placeholder for SS, replaced below
+            a.mov(qword_ptr(rsp), ss)?;
+            a.push(rax)?;
+            a.pushfq()?;
+            a.push(0x10)?; // placeholder for CS, replaced below
+            a.mov(qword_ptr(rsp), cs)?;
+            a.call(entry)?;
+            area_address(a, rax, layout::STATE)?;
+            a.mov(qword_ptr(rax + state::DEPTH as i32), 0)
+        })
+    }
+
+    /// `cli` (`true`) or `sti` (`false`).
+    pub fn interrupts_off(&mut self, off: bool) -> Result<()> {
+        self.emit(|a| if off { a.cli() } else { a.sti() })
     }
 
     /// Writes the local APIC's EOI register. Clobbers RAX.

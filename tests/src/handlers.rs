@@ -26,6 +26,9 @@ pub(crate) struct Handler {
     pub vector: u8,
     pub sint: u8,
     pub kind: HandlerKind,
+    /// The entry, created when the handler was added (so code emitted before the handlers
+    /// can call it) and bound by [`emit`].
+    pub entry: CodeLabel,
 }
 
 const SAVED: [AsmRegister64; 6] = [rax, rbx, rcx, rdx, rsi, rdi];
@@ -34,11 +37,24 @@ const SAVED: [AsmRegister64; 6] = [rax, rbx, rcx, rdx, rsi, rdi];
 pub(crate) fn emit(a: &mut CodeAssembler, handlers: &[Handler]) -> AsmResult<Vec<(u8, CodeLabel)>> {
     let mut gates = Vec::new();
     for h in handlers {
-        let mut entry = a.create_label();
+        let mut entry = h.entry;
+        let mut alone = a.create_label();
+        let mut leave = a.create_label();
         a.set_label(&mut entry)?;
         for r in SAVED {
             a.push(r)?;
         }
+        // An entry while a handler runs is a delivery the platform made up (IF is clear in
+        // every handler): count it and return, touching neither the slot nor the flags (the
+        // handler it interrupted owns them) and sending no EOI (the APIC has the outer vector
+        // in service). Handling it would take the outer handler's message a second time.
+        area_address(a, rax, layout::STATE)?;
+        a.cmp(qword_ptr(rax + state::DEPTH as i32), 0)?;
+        a.je(alone)?;
+        a.inc(qword_ptr(rax + state::NESTED as i32))?;
+        a.jmp(leave)?;
+        a.set_label(&mut alone)?;
+        a.inc(qword_ptr(rax + state::DEPTH as i32))?;
         a.mov(ebx, u32::from(h.sint))?;
         match h.kind {
             HandlerKind::Message(e) => {
@@ -52,6 +68,9 @@ pub(crate) fn emit(a: &mut CodeAssembler, handlers: &[Handler]) -> AsmResult<Vec
                 take_message(a, true)?;
             }
         }
+        area_address(a, rax, layout::STATE)?;
+        a.dec(qword_ptr(rax + state::DEPTH as i32))?;
+        a.set_label(&mut leave)?;
         for r in SAVED.iter().rev() {
             a.pop(*r)?;
         }

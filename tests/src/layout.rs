@@ -83,6 +83,13 @@ pub mod state {
     pub const SEQ_ERRORS: u64 = 0x40;
     /// The next host sequence number expected.
     pub const NEXT_SEQ: u64 = 0x48;
+    /// Handlers running now (0 or 1: every handler is an interrupt gate, so IF stays clear
+    /// until `iretq`).
+    pub const DEPTH: u64 = 0x50;
+    /// Handler entries while another handler ran: deliveries the platform made up (the lab's
+    /// emulated SVM delivers an injected vector once more inside the ISR,
+    /// docs/kernel-mode-lab.md). Each returned at once, touching nothing and sending no EOI.
+    pub const NESTED: u64 = 0x58;
     /// Per SINT: messages taken (16 x u64).
     pub const SINT_MESSAGES: u64 = 0x100;
     /// Per SINT: event-flag interrupts (16 x u64).

@@ -47,6 +47,7 @@ every_setup! {
     masked_and_polling_sints => messages::masked_and_polling_sints_deliver_without_interrupts;
     simp_disabled_queues_until_enabled => messages::simp_disabled_queues_until_enabled;
     auto_eoi_per_mode => messages::auto_eoi_per_mode;
+    nested_delivery_touches_nothing => messages::nested_delivery_touches_nothing;
     event_flags_interrupt_only_on_0_to_1 => events::event_flags_interrupt_only_on_0_to_1;
     cross_vcpu_post_and_signal => hypercalls::cross_vcpu_post_and_signal;
     test_device_protocol => hypercalls::test_device_protocol;

@@ -314,3 +314,48 @@ pub fn auto_eoi_per_mode(setup: Setup) {
     assert_eq!(after_eoi, 2);
     assert_sequence(&f.view().messages(0), SINT, 0..2);
 }
+
+/// A handler entered while another runs (the lab's emulated SVM delivers an injected vector
+/// once more inside the ISR, IF clear: docs/kernel-mode-lab.md) touches nothing: the slot
+/// keeps its message for the real delivery, no EOI is sent, and the entry is counted. Without
+/// the handlers' depth check the nested entry would take the message and the outer handler
+/// would take it again: the duplicates the shared-SINT stress saw in the lab.
+pub fn nested_delivery_touches_nothing(setup: Setup) {
+    const SINT: u8 = 4;
+    let v = vector(SINT);
+    let mut g = SynicGuest::new().unwrap();
+    g.message_isr(v, SINT, Eoi::Apic).unwrap();
+    g.synic_up(&[(SINT, SintValue::vector(v))]).unwrap();
+    g.interrupts_off(true).unwrap();
+    g.step(1).unwrap(); // message 0 into the slot; its interrupt waits for IF
+    g.report_slot_type(SINT).unwrap();
+    g.nested_delivery(v).unwrap();
+    g.report_slot_type(SINT).unwrap();
+    g.report_counter(state::MESSAGES).unwrap();
+    g.report_counter(state::NESTED).unwrap();
+    g.interrupts_off(false).unwrap();
+    g.wait_messages(1).unwrap();
+    g.settle().unwrap();
+    g.report_counter(state::NESTED).unwrap();
+    g.exit_ok().unwrap();
+    let f = run(
+        VmSpec::new(setup, 1),
+        &g.build().unwrap(),
+        |host, _, step| {
+            assert_eq!(step, 1);
+            assert_eq!(host.post(0, SINT, 0), Ok(Posted::Delivered));
+        },
+    );
+    f.assert_exited_ok();
+    let values = f.values(0, crate::layout::tag::VALUE);
+    assert_eq!(
+        values,
+        vec![u64::from(MESSAGE_TYPE), u64::from(MESSAGE_TYPE), 0, 1, 1],
+        "slot type before and after the nested entry, messages taken then, nested entries \
+         then and at the end"
+    );
+    let v = f.view();
+    assert_eq!(v.counter(0, state::MESSAGES), 1);
+    assert_eq!(v.counter(0, state::SEQ_ERRORS), 0);
+    assert_sequence(&v.messages(0), SINT, 0..1);
+}
