@@ -232,6 +232,72 @@ fn irqfd_on_an_msi_route_interrupts_the_guest_isr() {
     );
 }
 
+/// A toolkit ISR entered while another runs (IF is clear in every ISR, so only a platform that
+/// makes up a delivery does this: the kvm-lab's emulated SVM) counts nothing and sends no EOI;
+/// the entry is counted apart. Simulated with the ISR depth set while a real MSI arrives.
+#[test]
+fn a_toolkit_isr_entered_inside_another_counts_nothing() {
+    use iced_x86::code_asm::{qword_ptr, r14, rax};
+    if !kvm_available() {
+        return;
+    }
+    const VECTOR: u8 = 0x41;
+    let mut g = GuestBuilder::new().unwrap();
+    g.isr(VECTOR, Isr::REPORT_AND_EOI).unwrap();
+    g.lapic_enable().unwrap();
+    let a = g.asm();
+    a.mov(rax, layout::ISR_DEPTH).unwrap();
+    a.mov(qword_ptr(r14 + rax), 1).unwrap();
+    g.report(tag::USER, 0).unwrap(); // ready: "inside an ISR" now
+    let a = g.asm();
+    let mut wait = a.create_label();
+    a.set_label(&mut wait).unwrap();
+    a.sti().unwrap();
+    a.hlt().unwrap();
+    a.mov(rax, layout::NESTED_ISRS).unwrap();
+    a.cmp(qword_ptr(r14 + rax), 0).unwrap();
+    a.je(wait).unwrap();
+    a.cli().unwrap();
+    a.mov(rax, layout::ISR_DEPTH).unwrap();
+    a.mov(qword_ptr(r14 + rax), 0).unwrap();
+    g.eoi().unwrap(); // the "outer" ISR's EOI
+    let a = g.asm();
+    a.mov(rax, qword_ptr(r14 + u32::from(VECTOR) * 8)).unwrap();
+    g.report_reg(tag::USER + 2, rax).unwrap();
+    let a = g.asm();
+    a.mov(rax, layout::NESTED_ISRS).unwrap();
+    a.mov(rax, qword_ptr(r14 + rax)).unwrap();
+    g.report_reg(tag::USER + 3, rax).unwrap();
+    g.wait_for_irqs(VECTOR, 1).unwrap();
+    g.report(tag::USER + 1, 0).unwrap();
+    g.exit(0).unwrap();
+    let r = rig(config(1));
+    let table = RoutingTable::new(r.vm.vm_fd().clone(), DefaultRoutes::Keep);
+    let gsi = table.add(Route::Msi(MsiRoute::fixed(0, VECTOR))).unwrap();
+    let irq = table.irqfd(gsi, false).unwrap();
+    let (running, reports, _) = r.start(&g.build().unwrap(), VcpuHandlers::without_synic);
+    let report = |tag, value| Report {
+        vcpu: 0,
+        tag,
+        value,
+    };
+    assert_eq!(next_report(&reports), report(tag::USER, 0));
+    irq.trigger().unwrap();
+    assert_eq!(
+        next_report(&reports),
+        report(tag::USER + 2, 0),
+        "the nested entry counted no interrupt and reported nothing"
+    );
+    assert_eq!(next_report(&reports), report(tag::USER + 3, 1));
+    irq.trigger().unwrap();
+    assert_eq!(next_report(&reports), report(tag::IRQ, u64::from(VECTOR)));
+    assert_eq!(next_report(&reports), report(tag::USER + 1, 0));
+    assert_eq!(
+        running.wait(Some(RUN_LIMIT)).reason,
+        StopReason::DebugExit(0)
+    );
+}
+
 /// Records the SynIC's hypercall traps: (vCPU, call, result).
 #[derive(Clone, Default)]
 struct RecordingTraps(Arc<Mutex<Vec<(u32, HypercallRegs, u64)>>>, u32);

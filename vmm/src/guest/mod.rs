@@ -44,6 +44,13 @@ pub mod layout {
     pub const GP_COUNT: u64 = 0x800;
     /// Offset in the data page of the ECX of the last recovered #GP (u64).
     pub const LAST_GP_MSR: u64 = 0x808;
+    /// Offset in the data page of the toolkit ISRs running now (u64: 0 or 1, since every
+    /// gate is an interrupt gate and IF stays clear until `iretq`).
+    pub const ISR_DEPTH: u64 = 0x810;
+    /// Offset in the data page of the toolkit ISR entries made while another ran (u64):
+    /// deliveries the platform made up (the kvm-lab's emulated SVM delivers an injected vector
+    /// once more inside the ISR, docs/kernel-mode-lab.md). Not counted as interrupts.
+    pub const NESTED_ISRS: u64 = 0x818;
     /// Top of vCPU 0's stack; vCPU n's is `STACK_SIZE * n` lower.
     pub const STACKS_TOP: u64 = 0x40_0000;
     /// Size of one vCPU's stack.
