@@ -27,8 +27,8 @@
 # of its failure. Exit 1 on failure; exit 77
 # (SKIPPED, said loudly) when the lab cannot be prepared. Logs: $KERNEL_LAB_OUT (default
 # target/kvm-lab under the repository). KERNEL_LAB_LIMIT: seconds per command (default 180);
-# KERNEL_LAB_TIMEOUT: seconds for one lab boot (default 1080); KERNEL_LAB_STRESS_LIMIT: the
-# shared-SINT stress's own per-command limit (default 600); KERNEL_LAB_BOOTS: boots at most
+# KERNEL_LAB_TIMEOUT: seconds for one lab boot (default 1500); KERNEL_LAB_STRESS_LIMIT: the
+# shared-SINT stress's own per-command limit (default 900); KERNEL_LAB_BOOTS: boots at most
 # (default 3; each later one runs what a frozen one left unfinished, and what none finished is
 # NOT RUN: exit 77). KERNEL_LAB_SUITE: run this suite file (label<TAB>dir<TAB>command lines)
 # instead of building the workspace's, with KERNEL_LAB_LIMITS (label<TAB>seconds lines) as its
@@ -39,7 +39,7 @@ root=$(cd "$here/../.." && pwd)
 out=${KERNEL_LAB_OUT:-$root/target/kvm-lab}
 limit=${KERNEL_LAB_LIMIT:-180}
 # The whole lab run (boot included): a wedged lab must not hold CI for long.
-lab_timeout=${KERNEL_LAB_TIMEOUT:-1080}
+lab_timeout=${KERNEL_LAB_TIMEOUT:-1500}
 name=kernel-lab
 # shellcheck source=../lab-common.sh
 . "$root/ci/lab-common.sh"
@@ -110,7 +110,7 @@ PY
   # takes about 170 s of the lab's emulated time alone: its own command and limit.
   add_test e2e-timers-shared-sint-kernel synic-e2e timers \
     --exact a_timer_and_the_host_share_a_sint_and_nothing_is_overwritten::kernel --show-output
-  printf 'e2e-timers-shared-sint-kernel\t%s\n' "${KERNEL_LAB_STRESS_LIMIT:-600}" >>"$limits"
+  printf 'e2e-timers-shared-sint-kernel\t%s\n' "${KERNEL_LAB_STRESS_LIMIT:-900}" >>"$limits"
   add_test vmm-kvm_kernel_mode synic-vmm kvm_kernel_mode
   add_test vmm-kvm_synic synic-vmm kvm_synic
   add_test vmm-kvm_multiboot-kernel synic-vmm kvm_multiboot kernel_mode
