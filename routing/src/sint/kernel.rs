@@ -58,11 +58,17 @@ type RouteMap<B> = HashMap<(VpIndex, SintIndex), Irqfd<B>>;
 
 struct Shared<B: RoutingBackend> {
     routes: RwLock<RouteMap<B>>,
+    /// The resamplefd ack path; `None`: no resamplefds ([`KernelSintRoutes::eom_acked`]).
+    acks: Option<AckPath>,
+    counters: Counters,
+}
+
+/// What only resamplefd acks need: the epoll set the ack thread waits on, its stop eventfd,
+/// and where the acks go.
+struct AckPath {
     epoll: Epoll,
     stop: EventFd,
-    /// Where resamplefd acks go; `None`: no resamplefds ([`KernelSintRoutes::eom_acked`]).
-    sink: Option<Box<dyn SintAck>>,
-    counters: Counters,
+    sink: Box<dyn SintAck>,
 }
 
 impl<B: RoutingBackend> Shared<B> {
@@ -100,9 +106,11 @@ impl<B: RoutingBackend> KernelSintRoutes<B> {
             .map_err(Error::os("epoll_ctl"))?;
         let shared = Arc::new(Shared {
             routes: RwLock::new(HashMap::new()),
-            epoll,
-            stop,
-            sink: Some(Box::new(sink)),
+            acks: Some(AckPath {
+                epoll,
+                stop,
+                sink: Box::new(sink),
+            }),
             counters: Counters::default(),
         });
         let thread = {
@@ -124,15 +132,11 @@ impl<B: RoutingBackend> KernelSintRoutes<B> {
     /// resamplefds: the VMM passes the guest's EOM writes to the model itself. No thread.
     pub fn eom_acked(table: Arc<RoutingTable<B>>) -> Result<Self, Error> {
         table.capabilities().check_eom_acked()?;
-        let epoll = Epoll::new().map_err(Error::os("epoll_create1"))?;
-        let stop = new_eventfd()?;
         Ok(Self {
             table,
             shared: Arc::new(Shared {
                 routes: RwLock::new(HashMap::new()),
-                epoll,
-                stop,
-                sink: None,
+                acks: None,
                 counters: Counters::default(),
             }),
             thread: None,
@@ -143,7 +147,7 @@ impl<B: RoutingBackend> KernelSintRoutes<B> {
     /// Whether acks come from resamplefds ([`new`](Self::new)) rather than from the VMM's EOM
     /// writes ([`eom_acked`](Self::eom_acked)).
     pub fn resamples(&self) -> bool {
-        self.shared.sink.is_some()
+        self.shared.acks.is_some()
     }
 
     /// Adds a route for each (VP, SINT) pair: all GSIs and HV_SINT entries in one commit, then
@@ -168,8 +172,8 @@ impl<B: RoutingBackend> KernelSintRoutes<B> {
             routes.insert(pair, irqfd);
             added.push(pair);
             let rfd = routes[&pair].resample().map(AsRawFd::as_raw_fd);
-            let watched = rfd.map(|fd| {
-                self.shared.epoll.ctl(
+            let watched = rfd.zip(self.shared.acks.as_ref()).map(|(fd, acks)| {
+                acks.epoll.ctl(
                     ControlOperation::Add,
                     fd,
                     EpollEvent::new(EventSet::IN, token(pair.0, pair.1)),
@@ -202,8 +206,8 @@ impl<B: RoutingBackend> KernelSintRoutes<B> {
             let mut routes = self.shared.write();
             for pair in pairs {
                 if let Some(irqfd) = routes.remove(pair) {
-                    if let Some(r) = irqfd.resample() {
-                        let _ = self.shared.epoll.ctl(
+                    if let (Some(r), Some(acks)) = (irqfd.resample(), &self.shared.acks) {
+                        let _ = acks.epoll.ctl(
                             ControlOperation::Delete,
                             r.as_raw_fd(),
                             EpollEvent::default(),
@@ -255,7 +259,9 @@ impl<B: RoutingBackend> RaiseSint for KernelSintRoutes<B> {
 
 impl<B: RoutingBackend> Drop for KernelSintRoutes<B> {
     fn drop(&mut self) {
-        let _ = self.shared.stop.write(1);
+        if let Some(acks) = &self.shared.acks {
+            let _ = acks.stop.write(1);
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -267,10 +273,13 @@ impl<B: RoutingBackend> Drop for KernelSintRoutes<B> {
 }
 
 fn ack_loop<B: RoutingBackend>(shared: &Shared<B>) {
+    let Some(path) = &shared.acks else {
+        return;
+    };
     let mut events = vec![EpollEvent::default(); 64];
     let mut acks = Vec::new();
     loop {
-        let n = match shared.epoll.wait(-1, &mut events) {
+        let n = match path.epoll.wait(-1, &mut events) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             // Only EBADF/EINVAL/EFAULT: the epoll fd is ours and valid, so this is unreachable.
@@ -297,9 +306,7 @@ fn ack_loop<B: RoutingBackend>(shared: &Shared<B>) {
         // Outside the lock: the sink may call back into the model and from there into raise.
         for (vp, sint) in acks.drain(..) {
             Counters::bump(&shared.counters.acks);
-            if let Some(sink) = &shared.sink {
-                sink.ack(vp, sint);
-            }
+            path.sink.ack(vp, sint);
         }
     }
 }
