@@ -71,28 +71,7 @@ else
 
   # package target -> "dir<TAB>executable"
   exe() {
-    python3 - "$out/artifacts.json" "$1" "$2" <<'PY'
-import json, os, sys
-path, pkg, tgt = sys.argv[1:]
-for line in open(path):
-    try:
-        m = json.loads(line)
-    except ValueError:
-        continue
-    if m.get("reason") != "compiler-artifact" or not m.get("executable"):
-        continue
-    if not m.get("profile", {}).get("test"):
-        continue
-    # The package by its manifest: [package] name = "..." (ids do not always carry it).
-    names = [l.split("=", 1)[1].strip().strip('"') for l in open(m["manifest_path"])
-             if l.replace(" ", "").startswith("name=")]
-    if not names or names[0] != pkg:
-        continue
-    if m["target"]["name"] != tgt:
-        continue
-    print(os.path.dirname(m["manifest_path"]) + "\t" + m["executable"])
-    break
-PY
+    python3 "$here/test_binaries.py" "$out/artifacts.json" "$1" "$2"
   }
 
   : >"$suite"
@@ -244,24 +223,15 @@ done <"$suite"
 #    when run here (all of them if this host runs kernel mode itself and none skips). A lab
 #    that booted and ran no kernel-mode test fails the run.
 kernel_mode_coverage() {
-  python3 - "$out/artifacts.json" "$suite" "$out" "$@" <<'PY'
-import json, os, re, subprocess, sys
-artifacts, suite, out, *passed_labels = sys.argv[1:]
+  python3 - "$here" "$out/artifacts.json" "$suite" "$out" "$@" <<'PY'
+import os, re, subprocess, sys
+here, artifacts, suite, out, *passed_labels = sys.argv[1:]
+sys.dont_write_bytecode = True
+sys.path.insert(0, here)
+from test_binaries import test_binaries
 kernel = re.compile(r"(^|::)kernel($|::)|kernel_mode")
-binaries = {}  # executable -> (package, target, dir)
-for line in open(artifacts):
-    try:
-        m = json.loads(line)
-    except ValueError:
-        continue
-    if m.get("reason") != "compiler-artifact" or not m.get("executable"):
-        continue
-    if not m.get("profile", {}).get("test"):
-        continue
-    names = [l.split("=", 1)[1].strip().strip('"') for l in open(m["manifest_path"])
-             if l.replace(" ", "").startswith("name=")]
-    pkg = names[0] if names else "?"
-    binaries[m["executable"]] = (pkg, m["target"]["name"], os.path.dirname(m["manifest_path"]))
+# executable -> (package, target, dir)
+binaries = {exe: (pkg, tgt, crate) for exe, pkg, tgt, crate in test_binaries(artifacts)}
 named, exist = set(), set()
 env = {k: v for k, v in os.environ.items() if k != "SYNIC_REQUIRE_KVM"}
 for exe, (pkg, tgt, cwd) in binaries.items():
